@@ -1,0 +1,351 @@
+"""The token-bucket arithmetic, and nothing else.
+
+This module is sans-IO: it never reads a clock, sleeps, locks, or talks to a
+store. Every function takes the current time ``now`` (seconds, from whatever
+clock the caller owns) and returns a new frozen value; the caller persists it.
+The Redis Lua scripts implement exactly this arithmetic, and a differential
+test keeps the two identical.
+
+State is the balance ``tokens`` as a new request sees it (every reservation
+already charged), the time it was brought up to date, and the reservations that
+have not started yet (``pending``, sorted by start time). The upstream's own
+balance is ``tokens + promised``, where ``promised`` is what the pending
+reservations will spend when they start.
+
+Admission rule for a request of cost ``c`` (see `Policy.start_level`):
+
+* strict (``overdraft == 0``): it starts when the balance is at least ``c``;
+* overdraft ``D``: it starts when the balance is at least ``min_start`` and
+  ``balance - c >= -D``.
+
+A request is charged when it is reserved and starts no earlier than every
+request reserved before it, so service is first-come first-served.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ._exceptions import ConfigurationError, CostExceedsCapacity
+from ._rate import Rate
+from ._validate import check_nonnegative, check_positive
+
+__all__ = [
+    "BucketState",
+    "Cancelled",
+    "Pending",
+    "Policy",
+    "Rejected",
+    "Reserved",
+    "Snapshot",
+    "advance",
+    "cancel",
+    "fresh",
+    "refill_tokens",
+    "reserve",
+    "settle",
+    "snapshot",
+    "sync",
+    "try_take",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The rules of one bucket. Build it with `Policy.build`, which validates.
+
+    Attributes:
+        rate: The refill rate.
+        capacity: The most tokens the bucket holds.
+        overdraft: How far below zero a started request may take the balance
+            (``0`` strict, ``math.inf`` Keepa's rule).
+        min_start: With an overdraft, the balance a request needs to start.
+        initial: The balance of a bucket that is created or found missing.
+        refill: ``rate.per_second``, precomputed.
+    """
+
+    rate: Rate
+    capacity: float
+    overdraft: float
+    min_start: float
+    initial: float
+    refill: float
+
+    @classmethod
+    def build(
+        cls,
+        rate: Rate | str,
+        capacity: float | None = None,
+        overdraft: float = 0.0,
+        min_start: float = 1.0,
+        initial: float | None = None,
+    ) -> Policy:
+        """Validate and build a policy.
+
+        Args:
+            rate: A `Rate` or a rate string such as ``"5/minute"``.
+            capacity: Most tokens held; default the rate's amount.
+            overdraft: ``0`` (strict), a positive number, or ``math.inf``.
+            min_start: Balance needed to start, used only with an overdraft;
+                between 0 and ``capacity``.
+            initial: Balance of a new or lost bucket; default ``capacity``; at most ``capacity``.
+
+        Raises:
+            ConfigurationError: a value can never work (the message names it).
+            TypeError: a value has the wrong type.
+        """
+        rate = Rate.coerce(rate)
+        cap = rate.amount if capacity is None else check_positive("capacity", capacity)
+        debt = check_nonnegative("overdraft", overdraft, allow_inf=True)
+        start = check_nonnegative("min_start", min_start)
+        if start > cap:
+            raise ConfigurationError(f"min_start {start:g} exceeds capacity {cap:g}: no request could ever start")
+        if initial is None:
+            init = cap
+        else:
+            if isinstance(initial, bool) or not isinstance(initial, (int, float)):
+                raise TypeError(f"initial must be a number, not {type(initial).__name__}")
+            init = float(initial)
+            if not math.isfinite(init) or init > cap:
+                raise ConfigurationError(f"initial must be a finite number no greater than capacity {cap:g}, got {initial!r}")
+        return cls(rate, float(cap), debt, start, init, rate.per_second)
+
+    @property
+    def max_cost(self) -> float:
+        """The largest cost that can ever start: ``capacity + overdraft``."""
+        return self.capacity + self.overdraft
+
+    def start_level(self, cost: float) -> float:
+        """The balance a request of ``cost`` needs before it may start."""
+        if self.overdraft == 0.0:
+            return cost
+        return max(self.min_start, cost - self.overdraft)
+
+    def check(self, cost: float) -> None:
+        """Raise `CostExceedsCapacity` if ``cost`` can never start."""
+        if cost > self.capacity + self.overdraft:
+            raise CostExceedsCapacity(cost, self.max_cost)
+
+
+class Pending(NamedTuple):
+    """A reservation that has not started: it starts at ``start`` and will spend ``cost``."""
+
+    start: float
+    cost: float
+    rid: int
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """A bucket's stored state.
+
+    Attributes:
+        tokens: The balance a new request sees (may be negative).
+        updated: The time the balance was last brought up to date.
+        pending: Reservations not yet started, sorted by start time.
+    """
+
+    tokens: float
+    updated: float
+    pending: tuple[Pending, ...] = ()
+
+    @property
+    def promised(self) -> float:
+        """Tokens charged to reservations that have not started."""
+        return math.fsum(p.cost for p in self.pending)
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The request was admitted and charged.
+
+    Attributes:
+        state: The new state to store.
+        start: When the request may start (the clock of ``now``).
+        delay: ``start - now``, never negative.
+        rid: The reservation id if the request has to wait (so it can be cancelled), else None.
+    """
+
+    state: BucketState
+    start: float
+    delay: float
+    rid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The request would wait longer than allowed; nothing was charged.
+
+    Attributes:
+        state: The state brought up to date (storing it is optional).
+        retry_after: Seconds until the request could start.
+    """
+
+    state: BucketState
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The outcome of a cancel: ``refunded`` is 0 when the reservation had started or was unknown."""
+
+    state: BucketState
+    refunded: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a bucket looks like at one moment.
+
+    Attributes:
+        tokens: The balance a new request sees: after every reservation.
+        promised: Charged to reservations that have not started yet.
+        debt: How far below zero the upstream's own balance is:
+            ``max(0, -(tokens + promised))``.
+        time_to_positive: Seconds until ``tokens`` is back to zero.
+        time_to_full: Seconds until ``tokens`` reaches ``capacity``.
+        capacity: The most tokens the bucket holds.
+        rate: The refill rate.
+        overdraft: How far below zero a started request may go.
+    """
+
+    tokens: float
+    promised: float
+    debt: float
+    time_to_positive: float
+    time_to_full: float
+    capacity: float
+    rate: Rate
+    overdraft: float
+
+
+def fresh(policy: Policy, now: float) -> BucketState:
+    """The state of a bucket that is created now (or was found missing)."""
+    return BucketState(policy.initial, now)
+
+
+def refill_tokens(tokens: float, updated: float, now: float, policy: Policy) -> float:
+    """The balance at ``now``: ``tokens`` plus ``refill × elapsed``, capped at capacity.
+
+    Time never goes backwards: a ``now`` before ``updated`` adds nothing.
+    """
+    if tokens >= policy.capacity or now <= updated:
+        return tokens
+    return min(policy.capacity, tokens + (now - updated) * policy.refill)
+
+
+def try_take(tokens: float, updated: float, now: float, cost: float, policy: Policy) -> float | None:
+    """The balance after charging ``cost`` if the request may start at once, else None.
+
+    The arithmetic of `refill_tokens` and `reserve`, written out flat for a
+    bucket with nothing pending: stores use it as their fast path. Raises
+    `CostExceedsCapacity` like `reserve`.
+    """
+    cap = policy.capacity
+    debt = policy.overdraft
+    if cost > cap + debt:
+        raise CostExceedsCapacity(cost, cap + debt)
+    if tokens < cap and now > updated:
+        tokens += (now - updated) * policy.refill
+        if tokens > cap:
+            tokens = cap
+    if debt == 0.0:
+        return tokens - cost if tokens >= cost else None
+    return tokens - cost if tokens >= policy.min_start and tokens - cost >= -debt else None
+
+
+def advance(state: BucketState, policy: Policy, now: float) -> BucketState:
+    """Bring ``state`` up to ``now``: refill, and forget reservations that have started."""
+    if now <= state.updated:
+        return state
+    pending = state.pending
+    if pending and pending[0].start <= now:
+        pending = tuple(p for p in pending if p.start > now)
+    return BucketState(refill_tokens(state.tokens, state.updated, now, policy), now, pending)
+
+
+def reserve(
+    state: BucketState, policy: Policy, now: float, cost: float, max_wait: float | None, rid: int
+) -> Reserved | Rejected:
+    """Reserve ``cost`` tokens, first-come first-served.
+
+    Args:
+        state: The stored state (from `fresh` if none).
+        policy: The bucket's rules.
+        now: The current time.
+        cost: Tokens the request will spend; zero or more.
+        max_wait: Longest acceptable delay in seconds; None for no limit.
+        rid: The id to record if the reservation has to wait.
+
+    Returns:
+        `Reserved` with the delay, or `Rejected` (nothing charged) if the delay
+        would exceed ``max_wait``.
+
+    Raises:
+        CostExceedsCapacity: ``cost`` can never start under ``policy``.
+    """
+    policy.check(cost)
+    s = advance(state, policy, now)
+    t0 = s.updated
+    level = policy.start_level(cost)
+    start = t0 if s.tokens >= level else t0 + (level - s.tokens) / policy.refill
+    if s.pending and s.pending[-1].start > start:
+        start = s.pending[-1].start  # never ahead of an earlier reservation
+    delay = max(0.0, start - now)
+    if max_wait is not None and delay > max_wait:
+        return Rejected(s, delay)
+    if start > t0:
+        return Reserved(BucketState(s.tokens - cost, t0, (*s.pending, Pending(start, cost, rid))), start, delay, rid)
+    return Reserved(BucketState(s.tokens - cost, t0, s.pending), start, delay, None)
+
+
+def cancel(state: BucketState, policy: Policy, now: float, rid: int) -> Cancelled:
+    """Cancel reservation ``rid``; if it has not started, refund its cost (capped at capacity)."""
+    s = advance(state, policy, now)
+    for i, p in enumerate(s.pending):
+        if p.rid == rid:
+            tokens = min(policy.capacity, s.tokens + p.cost)
+            refunded = tokens - s.tokens
+            return Cancelled(BucketState(tokens, s.updated, s.pending[:i] + s.pending[i + 1 :]), refunded)
+    return Cancelled(s, 0.0)
+
+
+def settle(state: BucketState, policy: Policy, now: float, delta: float) -> BucketState:
+    """Charge ``delta`` more tokens (or refund ``-delta``, capped at capacity) after a call.
+
+    A charge may take the balance below ``-overdraft``: it records what the upstream did.
+    """
+    s = advance(state, policy, now)
+    tokens = s.tokens - delta
+    if delta < 0:
+        tokens = min(policy.capacity, tokens)
+    return BucketState(tokens, s.updated, s.pending)
+
+
+def sync(state: BucketState, policy: Policy, now: float, remaining: float) -> BucketState:
+    """Make the upstream's reported balance the truth.
+
+    The new balance is ``remaining - promised`` (capped at capacity): if the
+    upstream reports exactly what the bucket predicts, nothing changes.
+    """
+    s = advance(state, policy, now)
+    return BucketState(min(policy.capacity, remaining - s.promised), s.updated, s.pending)
+
+
+def snapshot(state: BucketState, policy: Policy, now: float) -> Snapshot:
+    """Describe the bucket at ``now``."""
+    s = advance(state, policy, now)
+    promised = s.promised
+    tokens = s.tokens
+    return Snapshot(
+        tokens=tokens,
+        promised=promised,
+        debt=max(0.0, -(tokens + promised)),
+        time_to_positive=max(0.0, -tokens) / policy.refill,
+        time_to_full=max(0.0, policy.capacity - tokens) / policy.refill,
+        capacity=policy.capacity,
+        rate=policy.rate,
+        overdraft=policy.overdraft,
+    )

@@ -1,0 +1,56 @@
+"""Argument checks shared by every front end. Each raises before any state changes."""
+
+from __future__ import annotations
+
+import math
+
+from ._exceptions import ConfigurationError
+
+__all__ = ["check_cost", "check_name", "check_nonnegative", "check_positive", "check_timeout"]
+
+
+def _number(what: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def check_positive(what: str, value: object) -> float:
+    """A finite number greater than zero."""
+    number = _number(what, value)
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigurationError(f"{what} must be a finite number greater than zero, got {value!r}")
+    return number
+
+
+def check_nonnegative(what: str, value: object, *, allow_inf: bool = False) -> float:
+    """A number at least zero; infinity only when ``allow_inf``."""
+    number = _number(what, value)
+    if math.isnan(number) or number < 0 or (math.isinf(number) and not allow_inf):
+        bound = "zero or more (math.inf allowed)" if allow_inf else "a finite number, zero or more"
+        raise ConfigurationError(f"{what} must be {bound}, got {value!r}")
+    return number
+
+
+def check_cost(value: object) -> float:
+    """A request cost: finite, zero or more."""
+    if type(value) is int and value >= 0:  # the common case, checked cheaply
+        return value
+    return check_nonnegative("cost", value)
+
+
+def check_timeout(value: object) -> float | None:
+    """A timeout: None (wait as long as needed), or seconds, zero or more; math.inf means None."""
+    if value is None:
+        return None
+    number = check_nonnegative("timeout", value, allow_inf=True)
+    return None if math.isinf(number) else number
+
+
+def check_name(value: object) -> str:
+    """A bucket or lease name: a non-empty string."""
+    if not isinstance(value, str):
+        raise TypeError(f"name must be a string, not {type(value).__name__}")
+    if not value:
+        raise ConfigurationError("name must not be empty")
+    return value

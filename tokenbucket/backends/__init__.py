@@ -1,0 +1,14 @@
+"""Where bucket state lives: the backend protocols and the built-in stores.
+
+`MemoryBackend` keeps state in this process; `RedisBackend` shares it through
+Redis. A custom store implements `Backend` (or `AsyncBackend`) over the pure
+arithmetic of `Policy` and the functions in ``tokenbucket._model``.
+"""
+
+from __future__ import annotations
+
+from .._model import Policy, Snapshot
+from ._base import AsyncBackend, Backend, Ticket
+from ._memory import MemoryBackend
+
+__all__ = ["AsyncBackend", "Backend", "MemoryBackend", "Policy", "Snapshot", "Ticket"]

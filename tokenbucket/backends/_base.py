@@ -1,0 +1,102 @@
+"""The backend protocols: the few atomic operations a store must offer.
+
+A backend keeps bucket state and performs each operation atomically (in one
+round trip for a remote store). It never waits: the front ends
+(`tokenbucket.TokenBucket`, `tokenbucket.AsyncTokenBucket`) do the waiting.
+Point the conformance suite in ``tests/`` at a new backend to check it.
+
+Times: every operation takes ``now``. ``None`` means "use the store's own
+clock" (Redis ``TIME``; the process's monotonic clock in memory). A front end
+passes its own clock's reading when the backend has no clock of its own
+(``server_clock`` is False) or when the user gave it a clock explicitly, for
+virtual-time tests.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .._model import Policy, Snapshot
+
+__all__ = ["AsyncBackend", "Backend", "Ticket"]
+
+Ticket = tuple[bool, float, "int | None"]
+"""The reply of ``reserve``: ``(admitted, seconds, rid)``.
+
+When ``admitted`` is True the cost was charged and ``seconds`` is the delay
+until the request may start; ``rid`` identifies the reservation when it has to
+wait (pass it to ``cancel``), else None. When ``admitted`` is False nothing was
+charged and ``seconds`` is the time until the request could start
+(``retry_after``).
+"""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A synchronous store of bucket state.
+
+    Every method is atomic with respect to every other caller of the same key,
+    in every thread and (for shared stores) every process. A method that raises
+    has changed nothing. Failures of the store are raised as
+    `tokenbucket.BackendError`.
+    """
+
+    @property
+    def server_clock(self) -> bool:
+        """True when ``now=None`` reads a clock shared by every client (Redis ``TIME``)."""
+        ...
+
+    def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
+        """Charge ``cost`` and return the delay, unless the delay would exceed ``max_wait``.
+
+        Raises `tokenbucket.CostExceedsCapacity` (charging nothing) if the cost can never start.
+        """
+        ...
+
+    def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
+        """Cancel a waiting reservation and return the tokens refunded (0 if it had started)."""
+        ...
+
+    def settle(self, key: str, policy: Policy, delta: float, now: float | None) -> Snapshot:
+        """Charge ``delta`` more (refund if negative) and return the new snapshot."""
+        ...
+
+    def sync(self, key: str, policy: Policy, remaining: float, now: float | None) -> Snapshot:
+        """Adopt the upstream's reported balance and return the new snapshot."""
+        ...
+
+    def snapshot(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """Describe the bucket without changing it."""
+        ...
+
+
+@runtime_checkable
+class AsyncBackend(Protocol):
+    """The asyncio twin of `Backend`: the same operations, awaitable."""
+
+    @property
+    def server_clock(self) -> bool:
+        """True when ``now=None`` reads a clock shared by every client."""
+        ...
+
+    async def reserve(
+        self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None
+    ) -> Ticket:
+        """See `Backend.reserve`."""
+        ...
+
+    async def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
+        """See `Backend.cancel`."""
+        ...
+
+    async def settle(self, key: str, policy: Policy, delta: float, now: float | None) -> Snapshot:
+        """See `Backend.settle`."""
+        ...
+
+    async def sync(self, key: str, policy: Policy, remaining: float, now: float | None) -> Snapshot:
+        """See `Backend.sync`."""
+        ...
+
+    async def snapshot(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `Backend.snapshot`."""
+        ...

@@ -1,0 +1,144 @@
+"""`MemoryBackend`: bucket state in this process."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+from .. import _model
+from .._model import BucketState, Policy, Snapshot, try_take
+from ._base import Ticket
+
+__all__ = ["MemoryBackend"]
+
+
+class _Slot:
+    """One bucket's state, updated in place under the backend's lock."""
+
+    __slots__ = ("pending", "policy", "tokens", "updated")
+
+    def __init__(self, state: BucketState, policy: Policy) -> None:
+        self.tokens = state.tokens
+        self.updated = state.updated
+        self.pending = state.pending
+        self.policy = policy
+
+    def state(self) -> BucketState:
+        return BucketState(self.tokens, self.updated, self.pending)
+
+    def store(self, state: BucketState) -> None:
+        self.tokens = state.tokens
+        self.updated = state.updated
+        self.pending = state.pending
+
+
+class MemoryBackend:
+    """Bucket state in this process: safe across threads and asyncio tasks.
+
+    Any number of keys may be used. A bucket that is full, has no waiting
+    reservation, and would be recreated full (``initial == capacity``) is
+    dropped now and then, so memory stays bounded by the buckets in use;
+    the next use recreates it exactly as it was.
+
+    Every operation holds one lock for a few microseconds and never blocks
+    otherwise, so the asyncio front end calls it directly.
+
+    Args:
+        clock: Reads the time when a front end passes ``now=None``;
+            default `time.monotonic`.
+    """
+
+    server_clock = False
+
+    def __init__(self, clock: object = None) -> None:
+        self._now = time.monotonic if clock is None else getattr(clock, "now")
+        self._lock = threading.Lock()
+        self._slots: dict[str, _Slot] = {}
+        self._ids = itertools.count(1)
+        self._sweep_at = 1024
+
+    def __len__(self) -> int:
+        """The number of buckets held right now."""
+        return len(self._slots)
+
+    def _slot(self, key: str, policy: Policy, now: float) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slots) >= self._sweep_at:
+                self._sweep(now)
+            slot = self._slots[key] = _Slot(_model.fresh(policy, now), policy)
+        return slot
+
+    def _sweep(self, now: float) -> None:
+        """Drop idle full buckets. Amortized O(1) per bucket created."""
+        idle = [
+            key
+            for key, s in self._slots.items()
+            if not s.pending
+            and s.policy.initial >= s.policy.capacity
+            and _model.refill_tokens(s.tokens, s.updated, now, s.policy) >= s.policy.capacity
+        ]
+        for key in idle:
+            del self._slots[key]
+        self._sweep_at = max(1024, 2 * len(self._slots))
+
+    def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
+        """See `tokenbucket.backends.Backend.reserve`."""
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slot(key, policy, now)
+            if not slot.pending:
+                left = try_take(slot.tokens, slot.updated, now, cost, policy)
+                if left is not None:
+                    slot.tokens = left
+                    if now > slot.updated:
+                        slot.updated = now
+                    return True, 0.0, None
+            result = _model.reserve(slot.state(), policy, now, cost, max_wait, next(self._ids))
+            slot.store(result.state)
+            if isinstance(result, _model.Rejected):
+                return False, result.retry_after, None
+            return True, result.delay, result.rid
+
+    def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
+        """See `tokenbucket.backends.Backend.cancel`."""
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slot = self._slot(key, policy, now)
+            result = _model.cancel(slot.state(), policy, now, rid)
+            slot.store(result.state)
+            return result.refunded
+
+    def settle(self, key: str, policy: Policy, delta: float, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.settle`."""
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slot = self._slot(key, policy, now)
+            state = _model.settle(slot.state(), policy, now, delta)
+            slot.store(state)
+            return _model.snapshot(state, policy, now)
+
+    def sync(self, key: str, policy: Policy, remaining: float, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.sync`."""
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slot = self._slot(key, policy, now)
+            state = _model.sync(slot.state(), policy, now, remaining)
+            slot.store(state)
+            return _model.snapshot(state, policy, now)
+
+    def snapshot(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.snapshot`."""
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slot = self._slots.get(key)
+            state = _model.fresh(policy, now) if slot is None else slot.state()
+            return _model.snapshot(state, policy, now)
