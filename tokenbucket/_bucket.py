@@ -11,9 +11,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Generator
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
-from . import _model
 from ._clock import Clock, SystemClock
 from ._exceptions import AcquireTimeout, ConfigurationError, TokenBucketError
 from ._model import Policy, Snapshot
@@ -49,7 +48,7 @@ class _Sleep:
         self.seconds = seconds
 
 
-_Op = Union[_Call, _Sleep]
+_Op = _Call | _Sleep
 _Flow = Generator[_Op, Any, _T]
 
 

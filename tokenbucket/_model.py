@@ -109,7 +109,9 @@ class Policy:
                 raise TypeError(f"initial must be a number, not {type(initial).__name__}")
             init = float(initial)
             if not math.isfinite(init) or init > cap:
-                raise ConfigurationError(f"initial must be a finite number no greater than capacity {cap:g}, got {initial!r}")
+                raise ConfigurationError(
+                    f"initial must be a finite number no greater than capacity {cap:g}, got {initial!r}"
+                )
         return cls(rate, float(cap), debt, start, init, rate.per_second)
 
     @property
