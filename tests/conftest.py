@@ -12,14 +12,25 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from redis_servers import RedisClusterServers, RedisServer, keys_without_ttl
 
-from tokenbucket import AsyncGrant, AsyncReservation, AsyncTokenBucket, MemoryBackend, TokenBucket
+from tokenbucket import (
+    AsyncGrant,
+    AsyncRedisBackend,
+    AsyncReservation,
+    AsyncTokenBucket,
+    MemoryBackend,
+    RedisBackend,
+    TokenBucket,
+)
 from tokenbucket.testing import ManualClock
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis"]
 FRONTENDS = ["sync", "async"]
 
 
@@ -102,3 +113,97 @@ def make_bucket(
         return Blocking(AsyncTokenBucket(name, rate, **kwargs), event_loop_for_sync)
 
     return make
+
+
+# --------------------------------------------------------------------------- Redis
+# Private redis-server processes (see tests/redis_servers.py); never the shared Redis on 6379.
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The suite's private redis-server (persistence off), shared by every test in the session.
+
+    It has ``.port``, ``.url``, ``.client()``, ``.kill()`` and ``.restart()`` (same port, empty).
+    Tests share it, so use fresh names or the ``redis_prefix`` fixture, and prefer
+    ``private_redis_server`` for a test that kills it or needs it empty.
+    At the end of the session no key may be left without a TTL: the teardown checks.
+    """
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+        if server.running():
+            client = server.client()
+            try:
+                leaked = keys_without_ttl(client)
+            finally:
+                client.close()
+            assert not leaked, f"keys left without a TTL: {leaked[:20]}"
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the suite's private redis-server, ``redis://127.0.0.1:<port>/0``."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A synchronous client (``decode_responses=False``) to the suite's private server, closed after the test."""
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses, such as ``"t3f9c0a1b2d4e:"``."""
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def private_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, empty, killed after the test: for fault tests and exact counts."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A private Redis Cluster of three masters (no replicas): ``.url``, ``.ports``, ``.startup_nodes``, ``.client()``.
+
+    Started on first use, killed at the end of the session.
+    """
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_backend_factory(
+    redis_server: RedisServer, event_loop_for_sync: asyncio.AbstractEventLoop
+) -> Iterator[Callable[[str], Any]]:
+    """``factory(frontend)`` -> a Redis backend on the suite's server, with a fresh prefix each call.
+
+    ``"sync"`` gives a `RedisBackend`, ``"async"`` an `AsyncRedisBackend` whose client is closed
+    after the test on ``event_loop_for_sync`` (the loop the conformance suite drives it with).
+    """
+    sync_client = redis_server.client()
+    async_backends: list[AsyncRedisBackend] = []
+
+    def factory(frontend: str) -> RedisBackend | AsyncRedisBackend:
+        prefix = f"t{uuid.uuid4().hex[:12]}:"
+        if frontend == "sync":
+            return RedisBackend(sync_client, prefix=prefix)
+        if frontend == "async":
+            backend = AsyncRedisBackend.from_url(redis_server.url, prefix=prefix)
+            async_backends.append(backend)
+            return backend
+        raise ValueError(f"unknown front end {frontend!r}")
+
+    yield factory
+    sync_client.close()
+    for backend in async_backends:
+        event_loop_for_sync.run_until_complete(backend.aclose())

@@ -1,0 +1,94 @@
+"""Several processes share one bucket on Redis: the rate holds across processes, and is used fully.
+
+Four spawned processes acquire mixed costs from one bucket (server clock, real
+time) for a few seconds and record when each request was allowed to start.
+For every window of the merged ledger, the tokens started never exceed
+``capacity + rate × window``, and the throughput reaches 90 % of the rate.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+import uuid
+from typing import Any
+
+import pytest
+from redis_servers import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.realtime]
+
+RATE = 200.0  # tokens per second
+CAPACITY = 40.0  # 0.2 s of refill: room for a process that wakes a little late on a busy machine
+PROCESSES = 4
+RUN = 2.5  # seconds of contention
+ALLOWANCE = 0.002  # seconds, for reading clocks
+
+
+def worker(url: str, name: str, seed: int, ready: Any, go: Any, begin_at: Any, out: Any) -> None:
+    """Acquire from ``begin`` until ``begin + RUN``; report ``(low, high, cost)`` per start (low <= start <= high)."""
+    from tokenbucket import RedisBackend, TokenBucket
+
+    rng = random.Random(seed)
+    ledger = []
+    with RedisBackend.from_url(url) as backend:
+        bucket = TokenBucket(name, f"{RATE:g}/second", capacity=CAPACITY, backend=backend)
+        bucket.snapshot()  # connect and load the scripts before the start
+        ready.put(seed)
+        go.wait()
+        begin = begin_at.value
+        time.sleep(max(0.0, begin - time.time()))
+        while True:
+            cost = rng.choice([1, 1, 2, 3, 5, 8, 13])
+            before = time.time()
+            reservation = bucket.reserve(cost)
+            after = time.time()
+            # The server started it at (its TIME when the script ran) + delay, and the script ran between
+            # `before` and `after`; redis-server runs on this host, so TIME and time.time() are one clock.
+            low, high = before + reservation.delay, after + reservation.delay
+            if low > begin + RUN:
+                reservation.cancel()
+                break
+            reservation.wait()
+            ledger.append((low, high, float(cost)))
+    out.put(ledger)
+
+
+def test_processes_share_the_rate(redis_server: RedisServer) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out, ready, go, begin_at = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
+    name = f"mp-{uuid.uuid4().hex}"
+    procs = [
+        ctx.Process(target=worker, args=(redis_server.url, name, seed, ready, go, begin_at, out))
+        for seed in range(PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)  # every process is up and connected
+    begin = begin_at.value = time.time() + 0.2
+    go.set()
+    ledgers = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    entries = sorted(e for ledger in ledgers for e in ledger)
+    assert all(ledger for ledger in ledgers), "every process got some requests through"
+
+    # No window holds more than capacity + rate x window. With start times known to lie in [low, high],
+    # the entries whose low is in [low_i, low_j] started within max(high) - low_i of each other.
+    worst = 0.0
+    for i in range(len(entries)):
+        tokens = 0.0
+        highest = entries[i][1]
+        for j in range(i, len(entries)):
+            tokens += entries[j][2]
+            highest = max(highest, entries[j][1])
+            window = highest - entries[i][0] + ALLOWANCE
+            worst = max(worst, tokens - (CAPACITY + RATE * window))
+    assert worst <= 1e-9, f"the ledger exceeds capacity + rate x window by {worst:.3f} tokens"
+
+    # Throughput: after the initial burst the bucket refills at RATE, and the waiting processes use all of it.
+    started = sum(cost for low, _, cost in entries if begin <= low <= begin + RUN)
+    assert started - CAPACITY >= 0.9 * RATE * RUN, f"{started:g} tokens in {RUN} s at {RATE:g}/s"

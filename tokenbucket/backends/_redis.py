@@ -1,0 +1,699 @@
+"""`RedisBackend` and `AsyncRedisBackend`: bucket state shared through Redis.
+
+Every bucket operation is one ``EVALSHA`` of a Lua script from
+``tokenbucket/backends/lua/`` (package data shared by both classes), so each is
+atomic and costs one round trip. The scripts implement the arithmetic of
+``tokenbucket._model`` exactly; a differential test keeps the two identical.
+
+redis-py is imported only when a backend is built, so ``import tokenbucket``
+works without the ``redis`` extra.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._exceptions import BackendError, ConfigurationError
+from .._model import Policy, Snapshot
+from .._validate import check_nonnegative, check_positive
+from ._base import Ticket
+from ._redis_lease import AsyncRedisLeaseStore, RedisLeaseStore
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
+
+    SyncClient = redis.Redis | redis.cluster.RedisCluster
+    AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+__all__ = ["AsyncRedisBackend", "OnUnavailable", "RedisBackend", "lua_source", "map_redis_errors"]
+
+OnUnavailable = Literal["raise", "allow", "deny"]
+"""What ``reserve`` does when Redis cannot be reached; see `RedisBackend`."""
+
+_ON_UNAVAILABLE = ("raise", "allow", "deny")
+
+UNAVAILABLE_RETRY_AFTER = 1.0
+"""The ``retry_after`` of a request denied because Redis is unreachable (``on_unavailable="deny"``)."""
+
+_log = logging.getLogger("tokenbucket.redis")
+
+_CACHE_LIMIT = 4096
+
+
+@functools.cache
+def lua_source(name: str) -> str:
+    """The text of the Lua script ``lua/<name>.lua`` shipped with the package.
+
+    A ``bucket_*`` script is returned with the shared prelude ``bucket.lua``
+    in front of it, ready for ``SCRIPT LOAD``.
+
+    Raises:
+        FileNotFoundError: there is no such script.
+    """
+    folder = resources.files("tokenbucket.backends").joinpath("lua")
+    text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name.startswith("bucket_"):
+        text = folder.joinpath("bucket.lua").read_text(encoding="utf-8") + "\n" + text
+    return text
+
+
+def describe_server(client: Any) -> str:
+    """Where ``client`` points, for error messages; a password is shown as ``***``."""
+    try:
+        if hasattr(client, "get_nodes"):  # a cluster client (sync or asyncio)
+            nodes = sorted(f"{node.host}:{node.port}" for node in client.get_nodes())
+            more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
+            return f"redis cluster {', '.join(nodes[:3])}{more}"
+        kwargs = client.connection_pool.connection_kwargs
+        db = kwargs.get("db", 0)
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}?db={db}"
+        scheme = "rediss" if "SSL" in client.connection_pool.connection_class.__name__ else "redis"
+        user = kwargs.get("username") or ""
+        auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
+        return f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+    except Exception:  # a client of an unknown shape: say what it is rather than fail
+        return f"a {type(client).__name__}"
+
+
+class map_redis_errors:
+    """Translate redis-py (and socket) failures into `tokenbucket.BackendError`.
+
+    The one place where foreign errors become ours: the message names the
+    operation and the server (password redacted); the original error is the
+    ``__cause__``. Other exceptions (cancellation, our own errors) pass through.
+    A context manager (a class rather than a generator: it wraps every call)::
+
+        with map_redis_errors("reserve on 'keepa'", client):
+            client.evalsha(...)
+
+    Args:
+        operation: What was being done, in words ("reserve on 'keepa'").
+        client: The redis-py client, to name the server.
+        key: If given, the message says ``<operation> on <key>`` (formatted only on failure).
+    """
+
+    __slots__ = ("_client", "_key", "_operation")
+
+    def __init__(self, operation: str, client: Any, key: str | None = None) -> None:
+        self._operation = operation
+        self._client = client
+        self._key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, BackendError):
+            return
+        import redis.exceptions
+
+        if not isinstance(exc, (redis.exceptions.RedisError, OSError)):
+            return
+        detail = str(exc) or type(exc).__name__
+        operation = self._operation if self._key is None else f"{self._operation} on {self._key!r}"
+        raise BackendError(
+            f"Redis failed during {operation} at {describe_server(self._client)}: "
+            f"{type(exc).__name__}: {detail}"
+        ) from exc
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a `BackendError` means Redis could not be reached (not a refusal or a bug)."""
+    import redis.exceptions
+
+    cause = exc.__cause__
+    if isinstance(cause, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return False
+    return isinstance(cause, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError))
+
+
+def _client_options(
+    socket_timeout: float, connect_timeout: float, options: dict[str, Any], *, cluster: bool, asyncio: bool
+) -> dict[str, Any]:
+    """Defaults for clients made by ``from_url``: a dead server fails within seconds."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    defaults: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    if not cluster:
+        # Retry once, at once, and only when the connection failed (a restarted server, a dropped idle
+        # socket). A timeout is not retried: the script may have run, and running it twice would charge twice.
+        if asyncio:
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            defaults["retry"] = AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        else:
+            from redis.retry import Retry
+
+            defaults["retry"] = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    defaults.update(options)
+    return defaults
+
+
+class _RedisCommon:
+    """Configuration, key names and the encoding of arguments and replies, shared by both classes."""
+
+    server_clock = True
+    """Redis ``TIME`` is one clock for every host: front ends pass ``now=None`` unless given a clock."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str,
+        on_unavailable: OnUnavailable,
+        idle_ttl: float,
+        owns_client: bool,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        if "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"prefix {prefix!r} must not contain braces: the backend wraps '<prefix><name>' in a hash tag"
+            )
+        if on_unavailable not in _ON_UNAVAILABLE:
+            raise ConfigurationError(f"on_unavailable must be 'raise', 'allow' or 'deny', not {on_unavailable!r}")
+        idle = check_nonnegative("idle_ttl", idle_ttl)
+        self._client = client
+        self._prefix = prefix
+        self._on_unavailable: OnUnavailable = on_unavailable
+        self._idle_ttl = idle
+        self._idle_ms = str(math.ceil(idle * 1000))
+        self._owns_client = owns_client
+        self._scripts: dict[str, Any] = {}
+        self._keys: dict[str, tuple[str, str, str]] = {}
+        self._policies: dict[Policy, bytes] = {}
+        self._wire: dict[str, list[bytes]] = {}
+        self._outage = False
+        from redis.exceptions import NoScriptError
+
+        self._noscript = NoScriptError
+
+    @property
+    def prefix(self) -> str:
+        """The text in front of every bucket name in key names."""
+        return self._prefix
+
+    @property
+    def on_unavailable(self) -> OnUnavailable:
+        """What ``reserve`` does when Redis is unreachable: ``"raise"``, ``"allow"`` or ``"deny"``."""
+        return self._on_unavailable
+
+    @property
+    def idle_ttl(self) -> float:
+        """Seconds a full bucket with nothing pending is kept before Redis expires it."""
+        return self._idle_ttl
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({describe_server(self._client)}, prefix={self._prefix!r})"
+
+    def bucket_keys(self, name: str) -> tuple[str, str, str]:
+        """The Redis keys of bucket ``name``: its state hash, queue (sorted set) and costs hash.
+
+        They share the hash tag ``{<prefix><name>}``, so a bucket lives in one
+        Redis Cluster slot. Each key carries a TTL.
+
+        Raises:
+            ConfigurationError: ``name`` is empty, or would make an empty hash tag.
+        """
+        keys = self._keys.get(name)
+        if keys is None:
+            if not isinstance(name, str):
+                raise TypeError(f"name must be a string, not {type(name).__name__}")
+            tag = "{" + self._prefix + name + "}"
+            if not name or tag.startswith("{}"):
+                raise ConfigurationError(f"bucket name {name!r} with prefix {self._prefix!r} makes an empty hash tag")
+            keys = (f"{tag}:bucket", f"{tag}:queue", f"{tag}:costs")
+            if len(self._keys) >= _CACHE_LIMIT:
+                self._keys.clear()
+            self._keys[name] = keys
+        return keys
+
+    def _wire_keys(self, name: str) -> list[bytes]:
+        """`bucket_keys`, encoded once."""
+        keys = self._wire.get(name)
+        if keys is None:
+            keys = [k.encode() for k in self.bucket_keys(name)]
+            if len(self._wire) >= _CACHE_LIMIT:
+                self._wire.clear()
+            self._wire[name] = keys
+        return keys
+
+    def _args(self, policy: Policy, now: float | None, *extra: bytes) -> list[bytes]:
+        """ARGV for a bucket script (see ``lua/bucket.lua``), encoded once so redis-py sends them as they are."""
+        head = self._policies.get(policy)
+        if head is None:
+            debt = "inf" if math.isinf(policy.overdraft) else repr(policy.overdraft)
+            fields = (policy.capacity, policy.refill, debt, policy.min_start, policy.initial)
+            head = " ".join([*(f if isinstance(f, str) else repr(f) for f in fields), self._idle_ms]).encode()
+            if len(self._policies) >= _CACHE_LIMIT:
+                self._policies.clear()
+            self._policies[policy] = head
+        return [b"" if now is None else repr(float(now)).encode(), head, *extra]
+
+    def _reserve_args(self, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> list[bytes]:
+        policy.check(cost)  # CostExceedsCapacity before any round trip: nothing charged
+        wait = b"" if max_wait is None else repr(float(max_wait)).encode()
+        return self._args(policy, now, repr(cost).encode(), wait)
+
+    def _script(self, name: str) -> Any:
+        """The redis-py script object for ``lua/<name>.lua`` (EVALSHA, reloaded on NOSCRIPT)."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._client.register_script(lua_source(name))
+        return script
+
+    def _fallback(self, exc: BackendError, key: str) -> Ticket:
+        """The ticket ``reserve`` returns when Redis is unreachable and ``on_unavailable`` is not "raise"."""
+        if not self._outage:
+            self._outage = True
+            _log.warning(
+                "Redis unreachable; %s requests for bucket %r until it is back: %s",
+                "admitting" if self._on_unavailable == "allow" else "denying",
+                key,
+                exc,
+            )
+        if self._on_unavailable == "allow":
+            return True, 0.0, None
+        return False, UNAVAILABLE_RETRY_AFTER, None
+
+    def _recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            _log.warning("Redis reachable again: %s", describe_server(self._client))
+
+
+def _ticket(reply: Any) -> Ticket:
+    """A `Ticket` from ``bucket_reserve``'s ``"<admitted> <seconds> <id>"`` (bytes, or str when decoding)."""
+    admitted, seconds, rid = reply.split()
+    return admitted in (b"1", "1"), float(seconds), (int(rid) or None)
+
+
+def _describe(reply: Any, policy: Policy) -> Snapshot:
+    """A `Snapshot` from a script's ``"<tokens> <promised>"``, with the formulas of ``_model.snapshot``."""
+    text, more = reply.split()
+    tokens = float(text)
+    promised = float(more)
+    return Snapshot(
+        tokens=tokens,
+        promised=promised,
+        debt=max(0.0, -(tokens + promised)),
+        time_to_positive=max(0.0, -tokens) / policy.refill,
+        time_to_full=max(0.0, policy.capacity - tokens) / policy.refill,
+        capacity=policy.capacity,
+        rate=policy.rate,
+        overdraft=policy.overdraft,
+    )
+
+
+class RedisBackend(RedisLeaseStore, _RedisCommon):
+    """Bucket state in Redis, shared by every thread, process and host that uses it.
+
+    Build it from a URL or around a client you configured::
+
+        backend = RedisBackend.from_url("redis://localhost:6379/0", prefix="tb:")
+        backend = RedisBackend(client=redis.Redis(...))          # or redis.cluster.RedisCluster(...)
+        bucket = TokenBucket("keepa", rate="5/minute", capacity=300, overdraft=math.inf, backend=backend)
+
+    Every operation is atomic and one round trip (``EVALSHA``; the script is
+    loaded again by itself after a ``SCRIPT FLUSH`` or a restart). Use
+    `AsyncRedisBackend` with `tokenbucket.AsyncTokenBucket`.
+
+    Where the state lives: per bucket, three keys sharing the hash tag
+    ``{<prefix><name>}`` (see `bucket_keys`), so the backend works on Redis
+    Cluster. Every key has a TTL: at least the time until the bucket is full
+    again or its last waiting reservation starts, whichever is later, plus
+    ``idle_ttl``; at most that plus ``max(idle_ttl, 1 s)`` of slack, which
+    lets most operations skip resetting TTLs. A full, idle bucket therefore
+    disappears within ``2 × idle_ttl`` and Redis holds nothing for buckets
+    nobody uses.
+
+    Lost state: if the keys vanish (eviction, or a restart without
+    persistence) the next operation recreates the bucket with ``initial``
+    tokens, as for a new bucket. ``initial = capacity`` (the default) trusts
+    that the upstream refilled meanwhile: after a crash the callers may
+    spend a full bucket at once, which can overrun an upstream that was in
+    debt. ``initial = 0`` is the safe choice when the upstream punishes
+    overruns: the bucket refills from empty (a wait of ``capacity / rate``),
+    and also after an idle spell longer than ``idle_ttl`` (to ``2 × idle_ttl``). Either way,
+    ``sync(remaining)`` with the upstream's reported balance corrects it.
+    Reservation ids come from a per-bucket counter seeded from the server
+    clock, so an id issued before a loss never matches one issued after.
+
+    Time: the scripts read Redis ``TIME``, one clock for every host, so
+    hosts with skewed clocks agree (``server_clock`` is True). When a front
+    end passes ``now`` (it was given a clock, such as
+    `tokenbucket.testing.ManualClock`) the scripts use that instead; TTLs are
+    durations, so they stay sensible with any clock.
+
+    Redis unreachable: every redis-py failure is raised as
+    `tokenbucket.BackendError` naming the operation and the server
+    (password redacted), with the redis-py error as ``__cause__``. One
+    caveat no remote store escapes: after a *timeout* the script may still
+    have run on the server (the reply was lost, not the command), so a
+    timed-out ``reserve`` may have charged its cost. That is why the client
+    made by `from_url` retries a failed connection but never a timeout.
+    ``on_unavailable`` decides what ``reserve`` (and so ``acquire``,
+    ``try_acquire``) does when the server cannot be reached (connection
+    refused, reset or timed out); a server that answers with an error always
+    raises:
+
+    * ``"raise"`` (default): raise `tokenbucket.BackendError`.
+    * ``"allow"``: admit at once without charging anything (fail open; the
+      upstream's own limit is the only guard meanwhile).
+    * ``"deny"``: refuse as if the wait were too long: ``acquire`` raises
+      `tokenbucket.AcquireTimeout` with ``retry_after`` of one second, and
+      ``try_acquire`` returns None (fail closed).
+
+    A warning is logged (logger ``tokenbucket.redis``) when an outage starts
+    and when it ends. ``cancel``, ``settle``, ``sync`` and ``snapshot``
+    raise `tokenbucket.BackendError` in every mode, except that ``cancel``
+    returns 0 (no refund) when the mode is not "raise", so an interrupted
+    wait is not turned into a second error.
+
+    Args:
+        client: A ``redis.Redis`` or ``redis.cluster.RedisCluster``; either
+            ``decode_responses`` setting works. The backend does not close a
+            client it was given.
+        prefix: Put in front of every bucket name in key names (default ``"tb:"``); no braces.
+        on_unavailable: ``"raise"``, ``"allow"`` or ``"deny"`` (see above).
+        idle_ttl: Seconds a full bucket with nothing pending is kept (default 60).
+
+    Raises:
+        TypeError: ``client`` is not a synchronous redis-py client.
+        ConfigurationError: ``prefix``, ``on_unavailable`` or ``idle_ttl`` has a bad value.
+    """
+
+    def __init__(
+        self,
+        client: SyncClient,
+        *,
+        prefix: str = "tb:",
+        on_unavailable: OnUnavailable = "raise",
+        idle_ttl: float = 60.0,
+        _owns_client: bool = False,
+    ) -> None:
+        import redis.asyncio
+        import redis.asyncio.cluster
+
+        if isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)):
+            raise TypeError("RedisBackend needs a synchronous client; use AsyncRedisBackend for redis.asyncio")
+        if not callable(getattr(client, "register_script", None)):
+            raise TypeError(f"client must be a redis.Redis or redis.cluster.RedisCluster, not {type(client).__name__}")
+        super().__init__(
+            client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, owns_client=_owns_client
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "tb:",
+        on_unavailable: OnUnavailable = "raise",
+        idle_ttl: float = 60.0,
+        cluster: bool = False,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        **options: Any,
+    ) -> RedisBackend:
+        """Connect to the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        The client made here fails within seconds when the server is down: it
+        waits at most ``connect_timeout`` to connect and ``socket_timeout`` for
+        a reply, and retries once, at once, only when the connection failed
+        (so a restarted server is picked up by the next call). `close` closes it.
+
+        Args:
+            url: The server's URL.
+            prefix: As for the constructor.
+            on_unavailable: As for the constructor.
+            idle_ttl: As for the constructor.
+            cluster: Connect with ``redis.cluster.RedisCluster`` (``url`` names one node).
+            socket_timeout: Seconds to wait for a reply.
+            connect_timeout: Seconds to wait for a connection.
+            **options: Passed to ``from_url`` of the redis-py client; they win over the defaults above.
+
+        Raises:
+            ImportError: redis-py is missing (install ``tokenbucket[redis]``).
+            ConfigurationError: a timeout or another argument has a bad value.
+        """
+        check_positive("socket_timeout", socket_timeout)
+        check_positive("connect_timeout", connect_timeout)
+        kwargs = _client_options(socket_timeout, connect_timeout, options, cluster=cluster, asyncio=False)
+        client: SyncClient
+        if cluster:
+            import redis.cluster
+
+            client = redis.cluster.RedisCluster.from_url(url, **kwargs)
+        else:
+            import redis
+
+            client = redis.Redis.from_url(url, **kwargs)
+        return cls(client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, _owns_client=True)
+
+    @property
+    def client(self) -> SyncClient:
+        """The redis-py client."""
+        client: SyncClient = self._client
+        return client
+
+    def close(self) -> None:
+        """Close the client if `from_url` made it; a client passed in is left to its owner."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> RedisBackend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def run_script(self, name: str, keys: list[str], args: list[Any], operation: str) -> Any:
+        """Run ``lua/<name>.lua`` with EVALSHA; redis-py failures become `tokenbucket.BackendError`.
+
+        For stores built on this backend (leases). ``operation`` names the
+        step in error messages.
+        """
+        with map_redis_errors(operation, self._client):
+            return self._script(name)(keys, args)
+
+    def _bucket(self, op: str, key: str, args: list[bytes]) -> Any:
+        """Run ``bucket_<op>.lua`` for bucket ``key``: one EVALSHA (the script object reloads it on NOSCRIPT)."""
+        script = self._script("bucket_" + op)
+        keys = self._wire_keys(key)
+        with map_redis_errors(op, self._client, key):
+            try:
+                return self._client.evalsha(script.sha, 3, *keys, *args)
+            except self._noscript:
+                return script(keys, args)
+
+    def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
+        """See `tokenbucket.backends.Backend.reserve`; when Redis is unreachable, see ``on_unavailable``."""
+        args = self._reserve_args(policy, cost, max_wait, now)
+        try:
+            reply = self._bucket("reserve", key, args)
+        except BackendError as exc:
+            if self._on_unavailable == "raise" or not unreachable(exc):
+                raise
+            return self._fallback(exc, key)
+        if self._outage:
+            self._recovered()
+        return _ticket(reply)
+
+    def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
+        """See `tokenbucket.backends.Backend.cancel`."""
+        args = self._args(policy, now, str(int(rid)).encode())
+        try:
+            reply = self._bucket("cancel", key, args)
+        except BackendError as exc:
+            if self._on_unavailable == "raise" or not unreachable(exc):
+                raise
+            return 0.0
+        return float(reply)
+
+    def settle(self, key: str, policy: Policy, delta: float, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.settle`."""
+        args = self._args(policy, now, repr(delta).encode())
+        reply = self._bucket("settle", key, args)
+        return _describe(reply, policy)
+
+    def sync(self, key: str, policy: Policy, remaining: float, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.sync`."""
+        args = self._args(policy, now, repr(remaining).encode())
+        reply = self._bucket("sync", key, args)
+        return _describe(reply, policy)
+
+    def snapshot(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.snapshot`. Writes nothing."""
+        args = self._args(policy, now)
+        reply = self._bucket("snapshot", key, args)
+        return _describe(reply, policy)
+
+
+class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
+    """The asyncio twin of `RedisBackend`, on a ``redis.asyncio`` client, for `tokenbucket.AsyncTokenBucket`.
+
+    The same scripts, keys, arguments and guarantees; every operation is
+    awaitable::
+
+        backend = AsyncRedisBackend.from_url("redis://localhost:6379/0", prefix="tb:")
+        bucket = AsyncTokenBucket("keepa", rate="5/minute", backend=backend)
+        ...
+        await backend.aclose()
+
+    Where the state lives, what happens when it is lost, which clock is read
+    and what ``on_unavailable`` does: as for `RedisBackend`.
+
+    Args:
+        client: A ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``.
+            The backend does not close a client it was given.
+        prefix: Put in front of every bucket name in key names (default ``"tb:"``); no braces.
+        on_unavailable: ``"raise"``, ``"allow"`` or ``"deny"`` (see above).
+        idle_ttl: Seconds a full bucket with nothing pending is kept (default 60).
+
+    Raises:
+        TypeError: ``client`` is not a redis-py asyncio client.
+        ConfigurationError: ``prefix``, ``on_unavailable`` or ``idle_ttl`` has a bad value.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        prefix: str = "tb:",
+        on_unavailable: OnUnavailable = "raise",
+        idle_ttl: float = 60.0,
+        _owns_client: bool = False,
+    ) -> None:
+        import redis.asyncio
+        import redis.asyncio.cluster
+
+        if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)):
+            raise TypeError(
+                "AsyncRedisBackend needs a redis.asyncio client, not "
+                f"{type(client).__name__}; use RedisBackend for a synchronous one"
+            )
+        super().__init__(
+            client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, owns_client=_owns_client
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "tb:",
+        on_unavailable: OnUnavailable = "raise",
+        idle_ttl: float = 60.0,
+        cluster: bool = False,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        **options: Any,
+    ) -> AsyncRedisBackend:
+        """See `RedisBackend.from_url`; makes a ``redis.asyncio`` client, closed by `aclose`."""
+        check_positive("socket_timeout", socket_timeout)
+        check_positive("connect_timeout", connect_timeout)
+        kwargs = _client_options(socket_timeout, connect_timeout, options, cluster=cluster, asyncio=True)
+        client: AsyncClient
+        if cluster:
+            import redis.asyncio.cluster
+
+            client = redis.asyncio.cluster.RedisCluster.from_url(url, **kwargs)
+        else:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(url, **kwargs)
+        return cls(client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, _owns_client=True)
+
+    @property
+    def client(self) -> AsyncClient:
+        """The redis-py asyncio client."""
+        client: AsyncClient = self._client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the client if `from_url` made it; a client passed in is left to its owner."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRedisBackend:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def run_script(self, name: str, keys: list[str], args: list[Any], operation: str) -> Any:
+        """See `RedisBackend.run_script`."""
+        with map_redis_errors(operation, self._client):
+            return await self._script(name)(keys, args)
+
+    async def _bucket(self, op: str, key: str, args: list[bytes]) -> Any:
+        """Run ``bucket_<op>.lua`` for bucket ``key``: one EVALSHA (the script object reloads it on NOSCRIPT)."""
+        script = self._script("bucket_" + op)
+        keys = self._wire_keys(key)
+        with map_redis_errors(op, self._client, key):
+            try:
+                return await self._client.evalsha(script.sha, 3, *keys, *args)
+            except self._noscript:
+                return await script(keys, args)
+
+    async def reserve(
+        self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None
+    ) -> Ticket:
+        """See `tokenbucket.backends.Backend.reserve`; when Redis is unreachable, see ``on_unavailable``."""
+        args = self._reserve_args(policy, cost, max_wait, now)
+        try:
+            reply = await self._bucket("reserve", key, args)
+        except BackendError as exc:
+            if self._on_unavailable == "raise" or not unreachable(exc):
+                raise
+            return self._fallback(exc, key)
+        if self._outage:
+            self._recovered()
+        return _ticket(reply)
+
+    async def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
+        """See `tokenbucket.backends.Backend.cancel`."""
+        args = self._args(policy, now, str(int(rid)).encode())
+        try:
+            reply = await self._bucket("cancel", key, args)
+        except BackendError as exc:
+            if self._on_unavailable == "raise" or not unreachable(exc):
+                raise
+            return 0.0
+        return float(reply)
+
+    async def settle(self, key: str, policy: Policy, delta: float, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.settle`."""
+        args = self._args(policy, now, repr(delta).encode())
+        reply = await self._bucket("settle", key, args)
+        return _describe(reply, policy)
+
+    async def sync(self, key: str, policy: Policy, remaining: float, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.sync`."""
+        args = self._args(policy, now, repr(remaining).encode())
+        reply = await self._bucket("sync", key, args)
+        return _describe(reply, policy)
+
+    async def snapshot(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.snapshot`. Writes nothing."""
+        args = self._args(policy, now)
+        reply = await self._bucket("snapshot", key, args)
+        return _describe(reply, policy)

@@ -1,0 +1,39 @@
+-- bucket_reserve: charge a request's cost and say when it may start (model.reserve).
+--
+-- KEYS, ARGV[1..2]: see bucket.lua.
+-- ARGV[3]  cost (the caller has checked that it can ever start)
+-- ARGV[4]  max_wait in seconds, or "" for no limit
+-- Reply: "<admitted> <seconds> <id>", one string (cheaper to send and parse than an array)
+--   admitted  1 when charged; 0 when the delay would exceed max_wait (nothing charged)
+--   seconds   the delay until the start (admitted) or until it could start (not admitted)
+--   id        the reservation's id when it has to wait (pass it to bucket_cancel), else 0
+
+local cost = num(ARGV[3])
+local max_wait = ARGV[4] ~= '' and num(ARGV[4]) or nil
+load(true)
+advance(true)
+local t0 = updated
+local level = start_level(cost)
+local start = t0
+if tokens < level then start = t0 + (level - tokens) / refill end
+if last_start and last_start > start then start = last_start end -- never ahead of an earlier reservation
+local delay = math.max(0, start - now)
+if max_wait and delay > max_wait then
+  save()
+  return '0 ' .. fmt(delay) .. ' 0'
+end
+tokens = tokens - cost
+local id = 0
+if start > t0 then
+  if not last_start then call('DEL', C) end -- no stale costs from an evicted queue
+  last_id = last_id + 1
+  id = last_id
+  local member = sformat('%d', id)
+  call('ZADD', Q, start, member)
+  call('HSET', C, member, cost)
+  last_start = start
+  save(true)
+else
+  save()
+end
+return '1 ' .. fmt(delay) .. ' ' .. sformat('%d', id)

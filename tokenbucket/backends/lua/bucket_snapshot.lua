@@ -1,0 +1,18 @@
+-- bucket_snapshot: describe the bucket at `now` (model.snapshot). Writes nothing.
+--
+-- KEYS, ARGV[1..2]: see bucket.lua.
+-- Reply: "<tokens> <promised>", one string (a missing bucket reads as created now: `initial`, 0)
+
+load(false)
+advance(false)
+local p = 0
+if last_start then
+  local ids = call('ZRANGEBYSCORE', Q, '(' .. fmt(now), '+inf')
+  local costs = {}
+  for i = 1, #ids, 1000 do
+    local part = call('HMGET', C, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #part do costs[#costs + 1] = part[j] end
+  end
+  p = total(costs)
+end
+return fmt(tokens) .. ' ' .. fmt(p)
