@@ -7,8 +7,10 @@ import threading
 import time
 
 from .. import _model
+from .._clock import Clock
 from .._model import BucketState, Policy, Snapshot, try_take
 from ._base import Ticket
+from ._memory_lease import MemoryLeaseStore
 
 __all__ = ["MemoryBackend"]
 
@@ -33,7 +35,7 @@ class _Slot:
         self.pending = state.pending
 
 
-class MemoryBackend:
+class MemoryBackend(MemoryLeaseStore):
     """Bucket state in this process: safe across threads and asyncio tasks.
 
     Any number of keys may be used. A bucket that is full, has no waiting
@@ -44,6 +46,10 @@ class MemoryBackend:
     Every operation holds one lock for a few microseconds and never blocks
     otherwise, so the asyncio front end calls it directly.
 
+    It also keeps leases for `tokenbucket.LeaseLock` and
+    `tokenbucket.AsyncLeaseLock` (it implements
+    `tokenbucket.backends.LeaseBackend`; see ``_memory_lease.MemoryLeaseStore``).
+
     Args:
         clock: Reads the time when a front end passes ``now=None``;
             default `time.monotonic`.
@@ -51,12 +57,13 @@ class MemoryBackend:
 
     server_clock = False
 
-    def __init__(self, clock: object = None) -> None:
-        self._now = time.monotonic if clock is None else getattr(clock, "now")
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._now = time.monotonic if clock is None else clock.now
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._ids = itertools.count(1)
         self._sweep_at = 1024
+        self._init_leases()
 
     def __len__(self) -> int:
         """The number of buckets held right now."""
