@@ -1,0 +1,223 @@
+"""``deals-app dashboard``: one small read-only page about the collector.
+
+It shows the latest deals, the upstream's token balance over the last hours
+as an inline SVG chart (drawn here, no JavaScript), the lease holders and the
+row counts. It only reads the database (and, with ``--redis-url``, the leases),
+so it can run beside the collector.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .catalog import to_unix_ms
+from .leases import LeaseView
+from .store import Store
+
+__all__ = ["DashboardServer", "render_page", "token_chart"]
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2430; background: #fafbfc; }
+h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
+.muted { color: #687385; } .counts span { margin-right: 18px; }
+table { border-collapse: collapse; background: #fff; } th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ea; }
+th { text-align: left; background: #f0f2f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.down { color: #0a7d32; } .restricted { color: #b3261e; }
+svg { background: #fff; border: 1px solid #e3e6ea; }
+"""
+
+
+def token_chart(series: Sequence[tuple[float, float]], *, width: int = 720, height: int = 220) -> str:
+    """An inline SVG line chart of ``(unix time, tokens left)``, with the zero line marked."""
+    pad_l, pad_r, pad_t, pad_b = 56, 12, 12, 28
+    if not series:
+        return (
+            f'<svg id="token-chart" width="{width}" height="{height}" role="img" aria-label="token balance">'
+            f'<text x="{width // 2}" y="{height // 2}" text-anchor="middle" fill="#687385">'
+            "no upstream replies recorded yet</text></svg>"
+        )
+    t0, t1 = series[0][0], series[-1][0]
+    span_t = max(t1 - t0, 1e-9)
+    lo = min(0.0, min(v for _, v in series))
+    hi = max(0.0, max(v for _, v in series))
+    span_v = max(hi - lo, 1.0)
+
+    def x(t: float) -> float:
+        return pad_l + (t - t0) / span_t * (width - pad_l - pad_r)
+
+    def y(v: float) -> float:
+        return pad_t + (hi - v) / span_v * (height - pad_t - pad_b)
+
+    points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in series)
+    zero = y(0.0)
+    parts = [
+        f'<svg id="token-chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="token balance over time">',
+        f'<rect x="{pad_l}" y="{zero:.1f}" width="{width - pad_l - pad_r}" height="{max(0.0, y(lo) - zero):.1f}" '
+        'fill="#fdecea"/>',
+        f'<line x1="{pad_l}" y1="{zero:.1f}" x2="{width - pad_r}" y2="{zero:.1f}" stroke="#b3261e" '
+        'stroke-dasharray="4 3"/>',
+        f'<polyline points="{points}" fill="none" stroke="#1f6feb" stroke-width="2"/>',
+    ]
+    for value in (hi, 0.0, lo) if lo < 0 else (hi, 0.0):
+        parts.append(
+            f'<text x="{pad_l - 6}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11" fill="#687385">'
+            f"{value:.0f}</text>"
+        )
+    for t in (t0, t1):
+        parts.append(
+            f'<text x="{x(t):.1f}" y="{height - 8}" text-anchor="{"start" if t == t0 else "end"}" font-size="11" '
+            f'fill="#687385">{time.strftime("%H:%M:%S", time.localtime(t))}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _price(cents: Any) -> str:
+    return "—" if not isinstance(cents, int) or cents < 0 else f"${cents / 100:,.2f}"
+
+
+def render_page(store: Store, leases: Sequence[LeaseView] | None, *, hours: float = 6.0) -> str:
+    """The dashboard's HTML (read-only: nothing is written)."""
+    counts = store.counts()
+    series = store.token_series(time.time() - hours * 3600)
+    deals = store.latest_deals(25)
+    rows = []
+    for d in deals:
+        restricted = {None: "not checked", 0: "no", 1: "restricted"}[d["restricted"]]
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(to_unix_ms(d["creation_date"]) / 1000))
+        rows.append(
+            "<tr>"
+            f"<td><code>{html.escape(d['asin'])}</code></td><td>{html.escape(d['title'])}</td>"
+            f'<td class="num">{_price(d["current"])}</td><td class="num">{_price(d["average"])}</td>'
+            f'<td class="num down">{d["delta_percent"]}%</td><td>{created}</td>'
+            f'<td class="num">{d["points"]}</td>'
+            f'<td class="{"restricted" if d["restricted"] else ""}">{restricted}</td>'
+            "</tr>"
+        )
+    if not rows:
+        rows.append('<tr><td colspan="8" class="muted">no deals stored yet</td></tr>')
+    if leases is None:
+        lease_html = '<p class="muted">Leases live in the collector process (memory backend); pass --redis-url.</p>'
+    elif not leases:
+        lease_html = '<p id="leases">No lease is held.</p>'
+    else:
+        items = "".join(
+            f"<tr><td>{html.escape(v.name)}</td><td>{html.escape(v.holder)}</td><td class='num'>{v.fence}</td>"
+            f"<td class='num'>{v.expires_in:.1f} s</td><td class='num'>{v.renewals}</td></tr>"
+            for v in leases
+        )
+        lease_html = (
+            '<table id="leases"><tr><th>lease</th><th>holder</th><th>fence</th><th>expires in</th>'
+            f"<th>renewals</th></tr>{items}</table>"
+        )
+    last = f"{series[-1][1]:.0f} tokens" if series else "unknown"
+    checkpoint = store.checkpoint("backfill")[0]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>deals-app dashboard</title>
+<meta http-equiv="refresh" content="10"><style>{_STYLE}</style></head>
+<body>
+<h1>deals-app</h1>
+<p class="muted">{html.escape(str(store.path))} · refreshed {time.strftime("%H:%M:%S")} · read-only</p>
+<p class="counts"><span>deals <b id="count-deals">{counts.deals}</b></span>
+<span>recent histories <b>{counts.products_recent}</b></span><span>backfilled <b>{counts.products_full}</b>
+(checkpoint #{checkpoint})</span><span>price points <b>{counts.price_points}</b></span>
+<span>restriction checks <b>{counts.restrictions}</b> ({counts.restricted} restricted)</span></p>
+<h2>Token balance, last {hours:g} h (now {last})</h2>
+{token_chart(series)}
+<h2>Lease holders</h2>
+{lease_html}
+<h2>Latest deals</h2>
+<table id="deals"><tr><th>ASIN</th><th>title</th><th>price</th><th>average</th><th>change</th>
+<th>found (UTC)</th><th>points</th><th>restricted</th></tr>
+{"".join(rows)}
+</table>
+</body></html>
+"""
+
+
+class DashboardServer:
+    """Serves the dashboard on a loopback port; a context manager.
+
+    Args:
+        store: The database to read.
+        leases: Returns the leases held now, or None when they cannot be seen from here.
+        host: Address to bind.
+        port: Port; 0 picks a free one.
+        hours: How many hours of balance the chart shows.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        leases: Callable[[], Sequence[LeaseView] | None],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        hours: float = 6.0,
+    ) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/", "/index.html"):
+                    self.send_error(404)
+                    return
+                try:
+                    body = render_page(outer.store, outer.leases(), hours=outer.hours).encode()
+                    status = 200
+                except Exception as exc:  # the page says what went wrong instead of dropping the connection
+                    body = f"<!doctype html><p>dashboard error: {html.escape(str(exc))}</p>".encode()
+                    status = 500
+                finally:
+                    outer.store.close()  # this request's thread ends here: close its connection
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.store = store
+        self.leases = leases
+        self.hours = hours
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+    def start(self) -> DashboardServer:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until interrupted."""
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        """Stop and close the port."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> DashboardServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

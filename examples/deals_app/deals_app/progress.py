@@ -1,0 +1,152 @@
+"""The collector's progress display and closing summary.
+
+On a terminal the display redraws a few lines in place; otherwise it prints a
+plain line every few seconds, so logs and CI output stay readable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from .jobs import Collector
+from .quota import describe_plan, format_duration
+
+__all__ = ["Progress", "describe_plan", "format_duration", "summary_lines"]
+
+
+class Progress:
+    """Shows the collector's state while it runs.
+
+    Args:
+        collector: The running collector.
+        upstream_seconds: Returns the upstream seconds elapsed (for the header).
+        out: Where to write (default stdout).
+        interactive: Redraw in place; default: ``out`` is a terminal.
+        every: Seconds between plain lines when not interactive.
+    """
+
+    def __init__(
+        self,
+        collector: Collector,
+        *,
+        upstream_seconds: Callable[[], float],
+        out: TextIO | None = None,
+        interactive: bool | None = None,
+        every: float = 5.0,
+    ) -> None:
+        self.collector = collector
+        self.upstream_seconds = upstream_seconds
+        self.out = out or sys.stdout
+        self.interactive = self.out.isatty() if interactive is None else interactive
+        self.every = every
+        self._drawn = 0
+        self._started = time.monotonic()
+        self._last_line = -1e9
+
+    def _state(self) -> dict[str, Any]:
+        c = self.collector
+        counts = c.store.counts()
+        snap = c.quota.bucket.snapshot()
+        reply = c.keepa.last_reply
+        return {
+            "wall": time.monotonic() - self._started,
+            "sim": self.upstream_seconds(),
+            "counts": counts,
+            "tokens": snap.tokens,
+            "capacity": snap.capacity,
+            "debt": snap.debt,
+            "ttp": snap.time_to_positive,
+            "upstream": None if reply is None else reply.tokens_left,
+            "calls": c.keepa.calls,
+            "plan": c.quota.last_plan,
+            "activity": dict(c.stats.activity),
+        }
+
+    def tick(self) -> None:
+        """Redraw (terminal) or print a line if it is time (otherwise)."""
+        s = self._state()
+        if self.interactive:
+            self._draw(s)
+        elif s["wall"] - self._last_line >= self.every:
+            self._last_line = s["wall"]
+            n = s["counts"]
+            upstream = "?" if s["upstream"] is None else f"{s['upstream']}"
+            print(
+                f"[{s['wall']:5.1f}s | upstream +{format_duration(s['sim'])}] deals {n.deals}, "
+                f"recent {n.products_recent}, backfilled {n.products_full}, checked {n.restrictions}; "
+                f"tokens {s['tokens']:.0f} (upstream {upstream}), debt {s['debt']:.0f}, "
+                f"positive in {format_duration(s['ttp'])}, calls {s['calls']}",
+                file=self.out,
+                flush=True,
+            )
+
+    def _draw(self, s: dict[str, Any]) -> None:
+        n = s["counts"]
+        plan = s["plan"]
+        width = 30
+        fill = max(0.0, min(1.0, s["tokens"] / s["capacity"])) if s["capacity"] else 0.0
+        bar = "█" * round(fill * width) + "·" * (width - round(fill * width))
+        lines = [
+            f"\x1b[1mdeals-app\x1b[0m  wall {s['wall']:5.1f} s   upstream time +{format_duration(s['sim'])}",
+            f"  deals stored {n.deals:>6}   recent histories {n.products_recent:>6}   "
+            f"backfilled {n.products_full:>6}   restriction checks {n.restrictions:>6}",
+            f"  tokens [{bar}] {s['tokens']:8.0f} / {s['capacity']:.0f}   debt {s['debt']:6.0f}   "
+            f"positive in {format_duration(s['ttp']):>8}   calls {s['calls']}",
+            f"  plan   {describe_plan(plan) if plan else '(none yet)'}",
+        ]
+        for job in ("update", "backfill", "restrictions"):
+            if job in s["activity"]:
+                lines.append(f"  {job:<12} {s['activity'][job]}")
+        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+        if self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+        self.out.write("\n".join(line[:width] for line in lines) + "\n")
+        self.out.flush()
+        self._drawn = len(lines)
+
+
+def summary_lines(
+    collector: Collector, *, wall: float, upstream_seconds: float, sim_stats: dict[str, Any] | None
+) -> list[str]:
+    """The closing summary: what was collected, what it cost, how low the balance went."""
+    c = collector
+    n = c.store.counts()
+    q = c.quota
+    policy = q.policy
+    lines = [
+        f"Summary: {wall:.1f} s wall, {format_duration(upstream_seconds)} of upstream time",
+        f"  deals stored          {n.deals}",
+        f"  recent histories      {n.products_recent} products ({c.stats.recent_batches} batches)",
+        f"  full histories        {n.products_full} products ({c.stats.full_batches} batches, checkpoint "
+        f"{c.store.checkpoint('backfill')[0]})",
+        f"  price points          {n.price_points}",
+        f"  restriction checks    {n.restrictions} ({n.restricted} restricted)",
+        f"  Keepa calls           {c.keepa.calls}",
+    ]
+    learned = []
+    for op in ("product", "product_history", "deal"):
+        try:
+            learned.append(f"{op} {q.costs.per_unit(op):.1f}")
+        except Exception:
+            continue
+    lines.append(f"  learned cost per unit {', '.join(learned)} (prior 20 an ASIN, 5 a deal page)")
+    if sim_stats is not None:
+        lines += [
+            f"  upstream charged      {sim_stats['tokens_charged']} tokens over {sim_stats['requests']} requests",
+            f"  upstream 429s         {sim_stats['keepa_429']} Keepa, {sim_stats['sp_429']} SP-API",
+            f"  lowest balance        {sim_stats['min_balance']:.0f} (policy: debt at most {policy.max_debt:.0f}, "
+            f"plus under one minute of refill, {policy.refill_per_minute:.0f})",
+        ]
+    snap = q.bucket.snapshot()
+    lines.append(
+        f"  bucket now            {snap.tokens:.0f} tokens, debt {snap.debt:.0f}, "
+        f"positive in {format_duration(snap.time_to_positive)}"
+    )
+    if c.stats.errors:
+        lines.append(f"  errors                {'; '.join(c.stats.errors)}")
+    lines.append(f"  database              {c.store.path}")
+    return lines

@@ -1,0 +1,106 @@
+"""Simulator and collector together at a fast time scale: data lands, no 429s, debt within the policy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from deals_app.quota import keepa_policy
+from deals_app.simulator import SimulatorServer
+from deals_app.store import Store
+from deals_testing import API_KEY
+
+SCALE = "1200"
+
+
+def expected_points(server: SimulatorServer, asin: str, days: int | None) -> set[tuple[int, int, int]]:
+    sim = server.simulator
+    csv = sim.catalog.product(asin).history(days, sim.catalog.origin)
+    return {(t, csv[t][i], csv[t][i + 1]) for t in range(len(csv)) for i in range(0, len(csv[t]), 2)}
+
+
+def test_collector_fills_the_store_without_a_single_429(
+    make_simulator: Callable[..., SimulatorServer], cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    server = make_simulator(time_scale=float(SCALE), refill_rate=20, backlog_hours=6)
+    db = tmp_path / "deals.sqlite"
+    status, out, err = cli(
+        "run",
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        API_KEY,
+        "--once",
+        "--db",
+        str(db),
+        "--time-scale",
+        SCALE,
+        "--plain",
+    )
+    assert status == 0, err
+    assert "Summary" in out
+    stats = server.stats()
+    store = Store(db)
+    counts = store.counts()
+
+    # Every deal of the last day is stored, with its recent and full history, and checked for restrictions.
+    assert counts.deals >= 181  # 6 h backlog at 30 an hour, plus the one at the start, plus new ones
+    assert counts.products_full == counts.deals
+    assert counts.restrictions == counts.deals
+    assert counts.products_recent == counts.deals
+    position, fence = store.checkpoint("backfill")
+    assert position == counts.deals  # seq numbers have no gaps
+    assert fence >= 1
+    for seq, asin in store.deals_after(0, 1000)[::17]:
+        assert set(store.price_points(asin)) == expected_points(server, asin, None), (seq, asin)
+
+    # The upstream never refused a call, and the balance never went below what the policy allows.
+    assert stats["keepa_429"] == 0
+    assert stats["sp_429"] == 0
+    policy = keepa_policy(20)
+    assert stats["min_balance"] >= -(policy.max_debt + policy.refill_per_minute)
+    assert stats["tokens_charged"] > 1200  # more than a full bucket: the run lived on refill and debt
+    assert stats["by_endpoint"]["/token"] == 1  # one status call at start, no polling
+
+
+def test_status_reports_counts_checkpoint_and_the_last_balance(
+    make_simulator: Callable[..., SimulatorServer], cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    server = make_simulator(time_scale=1200.0, refill_rate=100, backlog_hours=2)
+    db = str(tmp_path / "deals.sqlite")
+    status, _, err = cli(
+        "run",
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        API_KEY,
+        "--once",
+        "--db",
+        db,
+        "--time-scale",
+        "1200",
+        "--jobs",
+        "update,backfill",
+    )
+    assert status == 0, err
+    n = Store(db).counts().deals
+    assert n >= 61  # two hours at 30 an hour, the one at the start, and any that appeared meanwhile
+    status, out, _ = cli("status", "--db", db)
+    assert status == 0
+    assert f"deals {n}, recent histories {n}, backfilled {n}" in out
+    assert "bucket (from last upstream reply)" in out
+    assert f"checkpoint backfill: deal #{n}" in out
+    status, out, _ = cli("status", "--db", db, "--json")
+    data = json.loads(out)
+    assert data["counts"]["deals"] == n
+    assert data["policy"]["refill_per_minute"] == 100
+
+
+def test_demo_runs_and_ends_with_a_summary(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
+    status, out, err = cli("demo", "--duration", "3", "--db", str(tmp_path / "demo.sqlite"), "--plain")
+    assert status == 0, err
+    assert "Keepa-like simulator on http://127.0.0.1:" in out
+    assert "Summary:" in out
+    assert "upstream 429s" in out
+    assert "deals stored" in out
