@@ -1,0 +1,959 @@
+"""The benchmark sections. Each ``bench_*`` function takes `Sizes` and returns a `SectionReport`.
+
+A peer that is not installed is reported as "peer not installed" (the smoke
+test runs these functions in the project's own venv, where most peers are
+absent); a missing Redis is reported as "not available". Neither raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import math
+import multiprocessing
+import os
+import queue
+import statistics
+import threading
+import time
+import tracemalloc
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from tokenbucket import AcquireTimeout, AsyncTokenBucket, MemoryBackend, Rate, TokenBucket
+from tokenbucket.backends import Policy
+
+from ._harness import (
+    PeerMissing,
+    SectionReport,
+    Sizes,
+    Target,
+    amedian_rates,
+    fmt_ms,
+    fmt_rate,
+    fmt_ratio,
+    median_rates,
+    overspend,
+    peer,
+    percentile,
+    table,
+)
+from ._redis import RedisUnavailable, count_commands, private_redis, redis_backend_classes
+
+__all__ = [
+    "SECTIONS",
+    "bench_accuracy",
+    "bench_asyncio",
+    "bench_fairness",
+    "bench_footprint",
+    "bench_memory",
+    "bench_redis",
+    "bench_scale",
+]
+
+HUGE = 1e9
+"""A rate (tokens per second) and capacity so large that every acquire succeeds."""
+
+OURS = "tokenbucket"
+NOT_INSTALLED = "peer not installed"
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Op:
+    """One library's operation: ``call`` is timed, ``ok`` checks a result once before timing."""
+
+    algorithm: str
+    call: Callable[[], Any]
+    ok: Callable[[Any], bool]
+
+
+def _truthy(result: Any) -> bool:
+    return bool(result)
+
+
+def _not_limited(result: Any) -> bool:
+    return not result.limited
+
+
+def _failed(exc: BaseException) -> str:
+    """A one-line account of a failure, for a table cell."""
+    text = " ".join(str(exc).split())
+    return f"failed: {type(exc).__name__}: {text[:160]}"
+
+
+def _verify(label: str, op: _Op) -> None:
+    for _ in range(10):
+        if not op.ok(op.call()):
+            raise RuntimeError(f"{label}: an acquire was refused; the benchmark's rate is meant to admit every call")
+
+
+# ---------------------------------------------------------------------------
+# 1. In memory, one thread
+
+
+def _mem_token_bucket() -> _Op:
+    tb: Any = peer("token_bucket")
+    limiter = tb.Limiter(HUGE, int(HUGE), tb.MemoryStorage())
+    return _Op("token bucket", partial(limiter.consume, "k", 1), _truthy)
+
+
+def _mem_limits() -> _Op:
+    limits: Any = peer("limits")
+    limiter = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
+    return _Op("fixed window", partial(limiter.hit, limits.RateLimitItemPerSecond(int(HUGE)), "k"), _truthy)
+
+
+def _mem_pyrate() -> _Op:
+    pr: Any = peer("pyrate_limiter")
+    bucket = pr.StateBucket([pr.Rate(int(HUGE), pr.Duration.SECOND)], algorithm=pr.TokenBucket())
+    limiter = pr.Limiter(bucket)
+    return _Op("token bucket (StateBucket)", partial(limiter.try_acquire, "k", 1, False), _truthy)
+
+
+def _mem_throttled() -> _Op:
+    th: Any = peer("throttled")
+    quota = th.per_sec(int(HUGE), burst=int(HUGE))
+    limiter = th.Throttled(key="k", using="token_bucket", quota=quota, store=th.MemoryStore())
+    return _Op("token bucket (MemoryStore)", partial(limiter.limit, "k", 1), _not_limited)
+
+
+_MEMORY_PEERS: dict[str, tuple[Callable[[], _Op], float]] = {
+    "token-bucket": (_mem_token_bucket, 1.0),
+    "limits": (_mem_limits, 5.0),
+    "pyrate-limiter": (_mem_pyrate, 5.0),
+    "throttled-py": (_mem_throttled, 5.0),
+}
+"""Peer name → (adapter, target: ours must be at least this many times faster)."""
+
+
+def bench_memory(sizes: Sizes) -> SectionReport:
+    """1. ``try_acquire(1)`` calls per second in memory, one thread, vs the peers."""
+    rep = SectionReport("memory", "1. In memory, one thread: `try_acquire(1)`")
+    rep.notes.append(
+        f"Ours: `TokenBucket(..., rate=Rate({HUGE:g}), backend=MemoryBackend()).try_acquire(1)` (always admitted). "
+        "Peers with the same huge rate: token-bucket `Limiter.consume`, limits `FixedWindowRateLimiter.hit` on "
+        "`MemoryStorage`, pyrate-limiter `Limiter.try_acquire(blocking=False)` on a token-bucket `StateBucket`, "
+        "throttled-py `Throttled.limit` (token bucket, `MemoryStore`). "
+        f"Median of {sizes.rounds} interleaved rounds of ~{sizes.chunk:g} s each."
+    )
+    rep.notes.append(
+        "Ours holds a lock for each call, so threads never overspend; token-bucket's `MemoryStorage` takes no "
+        'lock (its docstring: race conditions are "mitigated but not completely eliminated").'
+    )
+    bucket = TokenBucket(_unique("mem"), rate=Rate(HUGE), backend=MemoryBackend())
+    ops: dict[str, _Op] = {OURS: _Op("token bucket, FCFS", partial(bucket.try_acquire, 1), _truthy)}
+    missing: list[str] = []
+    for name, (make, _goal) in _MEMORY_PEERS.items():
+        try:
+            ops[name] = make()
+        except PeerMissing:
+            missing.append(name)
+    for name, op in ops.items():
+        _verify(name, op)
+    rates = median_rates({name: op.call for name, op in ops.items()}, sizes)
+    ours = rates[OURS]
+    rep.figures["ours_ops_per_s"] = ours
+    rows = [[OURS, ops[OURS].algorithm, fmt_rate(ours), "1.00×"]]
+    for name, (_make, goal) in _MEMORY_PEERS.items():
+        if name in missing:
+            rows.append([name, "", NOT_INSTALLED, "n/a"])
+            rep.targets.append(Target.at_least(f"memory: ours vs {name}", None, goal, NOT_INSTALLED))
+            continue
+        ratio = ours / rates[name]
+        rows.append([name, ops[name].algorithm, fmt_rate(rates[name]), fmt_ratio(ratio)])
+        rep.targets.append(Target.at_least(f"memory: ours ÷ {name} ops/s", ratio, goal, fmt_ratio(ratio)))
+    rep.lines.extend(table(["library", "algorithm", "calls/s", "ours ÷ this"], rows))
+    return rep
+
+
+# ---------------------------------------------------------------------------
+# 2. asyncio, one task
+
+
+def bench_asyncio(sizes: Sizes) -> SectionReport:
+    """2. ``await acquire(1)`` per second in one task, no waiting, vs aiolimiter."""
+    rep = SectionReport("asyncio", "2. asyncio, one task, no waiting: `await acquire(1)`")
+    rep.notes.append(
+        f"Ours: `await AsyncTokenBucket(..., rate=Rate({HUGE:g}), backend=MemoryBackend()).acquire(1)`; "
+        f"aiolimiter: `await AsyncLimiter({HUGE:g}, 1).acquire(1)`. Median of {sizes.rounds} interleaved rounds."
+    )
+
+    async def run() -> tuple[dict[str, float], bool]:
+        bucket = AsyncTokenBucket(_unique("aio"), rate=Rate(HUGE), backend=MemoryBackend())
+        ops: dict[str, Callable[[], Awaitable[object]]] = {OURS: partial(bucket.acquire, 1)}
+        have_peer = True
+        try:
+            aiolimiter: Any = peer("aiolimiter")
+            ops["aiolimiter"] = partial(aiolimiter.AsyncLimiter(HUGE, 1).acquire, 1)
+        except PeerMissing:
+            have_peer = False
+        return await amedian_rates(ops, sizes), have_peer
+
+    rates, have_peer = asyncio.run(run())
+    ours = rates[OURS]
+    rep.figures["ours_ops_per_s"] = ours
+    rows = [[OURS, fmt_rate(ours), "1.00×"]]
+    if have_peer:
+        rows.append(["aiolimiter", fmt_rate(rates["aiolimiter"]), fmt_ratio(ours / rates["aiolimiter"])])
+    else:
+        rows.append(["aiolimiter", NOT_INSTALLED, "n/a"])
+    rep.lines.extend(table(["library", "awaits/s", "ours ÷ this"], rows))
+    return rep
+
+
+# ---------------------------------------------------------------------------
+# 3. Redis, one client
+
+
+def _redis_peers(url: str) -> dict[str, Callable[[], _Op]]:
+    def limits_op() -> _Op:
+        limits: Any = peer("limits")
+        limiter = limits.strategies.FixedWindowRateLimiter(limits.storage.RedisStorage(url))
+        return _Op("fixed window", partial(limiter.hit, limits.RateLimitItemPerSecond(int(HUGE)), "k"), _truthy)
+
+    def pyrate_op() -> _Op:
+        pr: Any = peer("pyrate_limiter")
+        import redis
+
+        store = pr.RedisStateStore(redis.Redis.from_url(url), _unique("pyrate"))
+        bucket = pr.StateBucket([pr.Rate(int(HUGE), pr.Duration.SECOND)], algorithm=pr.TokenBucket(), store=store)
+        limiter = pr.Limiter(bucket)
+        return _Op("token bucket (RedisStateStore)", partial(limiter.try_acquire, "k", 1, False), _truthy)
+
+    def throttled_op() -> _Op:
+        th: Any = peer("throttled")
+        quota = th.per_sec(int(HUGE), burst=int(HUGE))
+        limiter = th.Throttled(key="k", using="token_bucket", quota=quota, store=th.RedisStore(server=url))
+        return _Op("token bucket (RedisStore)", partial(limiter.limit, _unique("k"), 1), _not_limited)
+
+    return {"limits": limits_op, "pyrate-limiter": pyrate_op, "throttled-py": throttled_op}
+
+
+def bench_redis(sizes: Sizes) -> SectionReport:
+    """3. Acquires per second on Redis with one client, PING as the limit, commands per acquire."""
+    rep = SectionReport("redis", "3. Redis, one client")
+    rep.notes.append(
+        f"Ours: `TokenBucket(..., rate=Rate({HUGE:g}), backend=RedisBackend(client=redis.Redis(...))).acquire(1)` "
+        "(the ratios are to this), and `try_acquire(1)` on the same bucket; "
+        "`PING` is redis-py's `ping()` on the same client (and connection): the physical limit of one round trip. "
+        "Round trips are counted on the client (a pipeline is one); server commands come from "
+        "`INFO commandstats` deltas and include the commands a Lua script runs; server µs is the script's own "
+        "time (its inner commands included) or the command's. "
+        "A private `redis-server --save '' --appendonly no` on a free port; "
+        f"median of {sizes.rounds} interleaved rounds. token-bucket and aiolimiter have no Redis store."
+    )
+    try:
+        with private_redis() as url:
+            import redis
+
+            client = redis.Redis.from_url(url)
+            ops: dict[str, _Op] = {}
+            ours_note = ""
+            try:
+                backend_cls, _ = redis_backend_classes()
+                bucket = TokenBucket(_unique("redis"), rate=Rate(HUGE), backend=backend_cls(client=client))
+                ops[OURS] = _Op("token bucket, FCFS (Lua)", partial(bucket.acquire, 1), _truthy)
+                ops[f"{OURS} try_acquire(1)"] = _Op("the same, never waits", partial(bucket.try_acquire, 1), _truthy)
+            except RedisUnavailable as exc:
+                ours_note = f"not available ({exc})"
+            for name in [name for name in ops if name.startswith(OURS)]:
+                try:
+                    _verify(name, ops[name])
+                except Exception as exc:  # our backend broken: report it, still measure the peers
+                    ours_note = _failed(exc)
+                    del ops[name]
+            ops["redis-py PING"] = _Op("one round trip", client.ping, _truthy)
+            missing: list[str] = []
+            for name, make in _redis_peers(url).items():
+                try:
+                    ops[name] = make()
+                except PeerMissing:
+                    missing.append(name)
+            for name, op in ops.items():
+                _verify(name, op)
+            rates = median_rates({name: op.call for name, op in ops.items()}, sizes)
+            counts = {name: count_commands(url, op.call, 20 if sizes.quick else 200) for name, op in ops.items()}
+            client.close()
+    except RedisUnavailable as exc:
+        rep.lines.append(f"Redis not available: {exc}.")
+        return rep
+    ours = rates.get(OURS)
+    rows: list[list[str]] = []
+    if ours is None:
+        rows.append([OURS, "", ours_note, "", "", "", ""])
+    for name, op in ops.items():
+        trips, cmds, parts, usec = counts[name]
+        ratio = "1.00×" if name == OURS else ("n/a" if ours is None else fmt_ratio(ours / rates[name]))
+        rows.append(
+            [name, op.algorithm, fmt_rate(rates[name]), ratio, f"{trips:g}", f"{cmds:g} ({parts})", f"{usec:.1f}"]
+        )
+    rows.extend([name, "", NOT_INSTALLED, "n/a", "", "", ""] for name in missing)
+    headers = ["library", "algorithm", "calls/s", "ours ÷ this", "round trips / call", "server commands / call"]
+    rep.lines.extend(table([*headers, "server µs / call"], rows))
+    if ours is not None:
+        rep.figures["ours_ops_per_s"] = ours
+        rep.figures["ours_round_trips"] = counts[OURS][0]
+        rep.figures["ours_of_ping"] = ours / rates["redis-py PING"]
+        rep.lines.extend(["", f"Ours reaches {ours / rates['redis-py PING']:.0%} of the PING rate."])
+    return rep
+
+
+# ---------------------------------------------------------------------------
+# 4. Fairness: the starvation scenario
+
+_SMALL_THREADS = 4
+_BIG = 8
+_CAPACITY = 10
+_POLL = 0.01
+"""The sleep between tries of the retry loop that emulates blocking for non-blocking peers."""
+
+
+@dataclass
+class _Starver:
+    """One library in the starvation scenario.
+
+    ``make(rate)`` returns ``(small, big)``: ``small()`` takes one token (it may
+    block for a while), ``big(limit)`` tries to take 8 within ``limit`` seconds
+    and says whether it was served. For asyncio both are coroutine functions.
+    """
+
+    how: str
+    make: Callable[[float], tuple[Callable[[], Any], Callable[[float], Any]]]
+    is_async: bool = False
+
+
+def _retry_loop(try_take: Callable[[int], bool]) -> tuple[Callable[[], bool], Callable[[float], bool]]:
+    def small() -> bool:
+        if try_take(1):
+            return True
+        time.sleep(_POLL)
+        return False
+
+    def big(limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if try_take(_BIG):
+                return True
+            time.sleep(_POLL)
+        return False
+
+    return small, big
+
+
+def _starve_ours(rate: float) -> tuple[Callable[[], Any], Callable[[float], bool]]:
+    bucket = TokenBucket(_unique("fair"), rate=Rate(rate), capacity=_CAPACITY, backend=MemoryBackend())
+
+    def big(limit: float) -> bool:
+        try:
+            bucket.acquire(_BIG, timeout=limit)
+        except AcquireTimeout:
+            return False
+        return True
+
+    return partial(bucket.acquire, 1), big
+
+
+def _starve_ours_async(rate: float) -> tuple[Callable[[], Any], Callable[[float], Any]]:
+    bucket = AsyncTokenBucket(_unique("fair"), rate=Rate(rate), capacity=_CAPACITY, backend=MemoryBackend())
+
+    async def big(limit: float) -> bool:
+        try:
+            await bucket.acquire(_BIG, timeout=limit)
+        except AcquireTimeout:
+            return False
+        return True
+
+    return partial(bucket.acquire, 1), big
+
+
+def _starve_pyrate(rate: float) -> tuple[Callable[[], Any], Callable[[float], bool]]:
+    pr: Any = peer("pyrate_limiter")
+    bucket = pr.StateBucket([pr.Rate(int(rate), pr.Duration.SECOND, burst=_CAPACITY)], algorithm=pr.TokenBucket())
+    limiter = pr.Limiter(bucket)
+
+    def big(limit: float) -> bool:
+        return bool(limiter.try_acquire("k", _BIG, blocking=True, timeout=limit))
+
+    return partial(limiter.try_acquire, "k", 1, True, 1.0), big
+
+
+def _starve_throttled(rate: float) -> tuple[Callable[[], Any], Callable[[float], bool]]:
+    th: Any = peer("throttled")
+    quota = th.per_sec(int(rate), burst=_CAPACITY)
+    limiter = th.Throttled(key="k", using="token_bucket", quota=quota, store=th.MemoryStore())
+
+    def big(limit: float) -> bool:
+        return not limiter.limit("k", _BIG, timeout=limit).limited
+
+    def small() -> bool:
+        return not limiter.limit("k", 1, 1.0).limited
+
+    return small, big
+
+
+def _starve_token_bucket(rate: float) -> tuple[Callable[[], Any], Callable[[float], bool]]:
+    tb: Any = peer("token_bucket")
+    limiter = tb.Limiter(rate, _CAPACITY, tb.MemoryStorage())
+    return _retry_loop(lambda n: bool(limiter.consume("k", n)))
+
+
+def _starve_limits(rate: float) -> tuple[Callable[[], Any], Callable[[float], bool]]:
+    limits: Any = peer("limits")
+    limiter = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
+    item = limits.RateLimitItemPerSecond(int(rate))
+    return _retry_loop(lambda n: bool(limiter.hit(item, "k", cost=n)))
+
+
+def _starve_aiolimiter(rate: float) -> tuple[Callable[[], Any], Callable[[float], Any]]:
+    aiolimiter: Any = peer("aiolimiter")
+    limiter = aiolimiter.AsyncLimiter(_CAPACITY, _CAPACITY / rate)
+
+    async def big(limit: float) -> bool:
+        try:
+            await asyncio.wait_for(limiter.acquire(_BIG), limit)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def small() -> bool:
+        await limiter.acquire(1)
+        return True
+
+    return small, big
+
+
+_STARVERS: dict[str, _Starver] = {
+    f"{OURS} (threads)": _Starver("`acquire` blocks (FCFS reservation)", _starve_ours),
+    f"{OURS} (asyncio)": _Starver("`await acquire` (FCFS reservation)", _starve_ours_async, is_async=True),
+    "pyrate-limiter": _Starver("`try_acquire(blocking=True)`, token-bucket `StateBucket`", _starve_pyrate),
+    "throttled-py": _Starver("`limit(timeout=...)` waits, token bucket", _starve_throttled),
+    "token-bucket": _Starver(f"non-blocking: retry loop, {_POLL * 1e3:g} ms sleep", _starve_token_bucket),
+    "limits": _Starver(f"non-blocking fixed window: retry loop, {_POLL * 1e3:g} ms sleep", _starve_limits),
+    "aiolimiter": _Starver("`await acquire` (asyncio)", _starve_aiolimiter, is_async=True),
+}
+
+
+def _starve_threads(
+    small: Callable[[], Any], big: Callable[[float], bool], sizes: Sizes, warmup: float
+) -> tuple[float | None, float]:
+    stop = threading.Event()
+    taken = [0] * _SMALL_THREADS
+
+    def loop(i: int) -> None:
+        while not stop.is_set():
+            if small():
+                taken[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(_SMALL_THREADS)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(warmup)
+        start = time.monotonic()
+        served = big(sizes.fair_limit)
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        ended = time.monotonic()
+        for t in threads:
+            t.join(timeout=5)
+    share = sum(taken) / (_CAPACITY + sizes.fair_rate * (ended - began))
+    return (elapsed if served and elapsed <= sizes.fair_limit else None), share
+
+
+async def _starve_tasks(
+    small: Callable[[], Any], big: Callable[[float], Any], sizes: Sizes, warmup: float
+) -> tuple[float | None, float]:
+    stop = False
+    taken = 0
+
+    async def loop() -> None:
+        nonlocal taken
+        while not stop:
+            if await small():
+                taken += 1
+
+    began = time.monotonic()
+    tasks = [asyncio.create_task(loop()) for _ in range(_SMALL_THREADS)]
+    try:
+        await asyncio.sleep(warmup)
+        start = time.monotonic()
+        served = await big(sizes.fair_limit)
+        elapsed = time.monotonic() - start
+    finally:
+        stop = True
+        ended = time.monotonic()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    share = taken / (_CAPACITY + sizes.fair_rate * (ended - began))
+    return (elapsed if served and elapsed <= sizes.fair_limit else None), share
+
+
+def _warmup(sizes: Sizes, round_no: int) -> float:
+    """When the large request arrives in round ``round_no``: a different phase of the refill each round.
+
+    The phases are spread over one capacity's worth of refill (one window for
+    limits), so a fixed window that happens to reset just as the request
+    arrives cannot decide the result.
+    """
+    period = _CAPACITY / sizes.fair_rate
+    return sizes.fair_warmup + period * (round_no + 0.5) / sizes.fair_rounds
+
+
+def bench_fairness(sizes: Sizes) -> SectionReport:
+    """4. How long a request of 8 tokens waits behind four threads taking 1 token each."""
+    rate = sizes.fair_rate
+    limit = sizes.fair_limit
+    rep = SectionReport("fairness", "4. Fairness: a large request among small ones")
+    ideal = (_BIG + _SMALL_THREADS) / rate
+    rep.notes.append(
+        f"Rate {rate:g}/s, capacity {_CAPACITY}; {_SMALL_THREADS} threads (tasks for asyncio) loop taking 1 token; "
+        f"after {_warmup(sizes, 0):.2f} s (a later phase of the refill each round) one caller asks for {_BIG}. "
+        "Time until it is served, median of "
+        f"{sizes.fair_rounds} rounds; 'not served within {limit:g} s' is a result (a library that starves once "
+        f"is not run again). First-come first-served serves it after about ({_BIG} + {_SMALL_THREADS} queued) / "
+        f"rate = {ideal:.2f} s. token-bucket and limits cannot block: the fair emulation is a retry loop with a "
+        f"{_POLL * 1e3:g} ms sleep, for the small callers and the large one alike. limits uses its fixed window of "
+        f"{int(rate)} per second. 'Small callers' share' = tokens they took ÷ (capacity + rate × round length), "
+        "what the bucket could give in the round (median): a large request served at once next to a low share "
+        "means the small callers were leaving tokens unused."
+    )
+    rows: list[list[str]] = []
+    for name, starver in _STARVERS.items():
+        try:
+            starver.make(rate)
+        except PeerMissing:
+            rows.append([name, starver.how, NOT_INSTALLED, "", ""])
+            continue
+        results: list[float | None] = []
+        shares: list[float] = []
+        for r in range(sizes.fair_rounds):
+            small, big = starver.make(rate)
+            warmup = _warmup(sizes, r)
+            if starver.is_async:
+                served_after, share = asyncio.run(_starve_tasks(small, big, sizes, warmup))
+            else:
+                served_after, share = _starve_threads(small, big, sizes, warmup)
+            results.append(served_after)
+            shares.append(share)
+            if results[-1] is None:
+                break
+        rounds = ", ".join("not served" if r is None else f"{r:.2f} s" for r in results)
+        if any(r is None for r in results):
+            verdict = f"**not served within {limit:g} s**"
+        else:
+            served = [r for r in results if r is not None]
+            verdict = f"{statistics.median(served):.2f} s"
+            if name.startswith(OURS):
+                key = "ours_threads_s" if "threads" in name else "ours_asyncio_s"
+                rep.figures[key] = statistics.median(served)
+        rows.append([name, starver.how, verdict, rounds, f"{statistics.median(shares):.2f}"])
+    headers = ["library", "how it waits", f"{_BIG}-token request served after", "rounds"]
+    rep.lines.extend(table([*headers, "small callers' share"], rows))
+    return rep
+
+
+# ---------------------------------------------------------------------------
+# 5. Accuracy under load
+
+
+@dataclass
+class _Accuracy:
+    achieved: float
+    p50: float
+    p99: float
+    overspend: int
+    starts: int
+    waited: float
+
+
+def _accuracy_summary(records: list[tuple[float, float, float]], t0: float, t_end: float, rate: float) -> _Accuracy:
+    starts = [actual for _, actual, _ in records]
+    served = sum(1 for t in starts if t <= t_end)
+    late = [actual - scheduled for scheduled, actual, _ in records]
+    return _Accuracy(
+        achieved=served / (rate * (t_end - t0)),
+        p50=percentile(late, 50),
+        p99=percentile(late, 99),
+        overspend=overspend(starts, t0, rate, 0.0),
+        starts=len(starts),
+        waited=sum(1 for *_, delay in records if delay > 0) / max(1, len(records)),
+    )
+
+
+def _accuracy_threads(bucket: TokenBucket, waiters: int, seconds: float) -> _Accuracy:
+    t0 = time.monotonic()  # read before the state exists, so the allowance is never too small
+    bucket.reserve(0)  # creates the state
+    t_end = t0 + seconds
+    records: list[tuple[float, float, float]] = []
+
+    def waiter() -> None:
+        while True:
+            res = bucket.reserve(1)
+            if res.start > t_end:
+                res.cancel()
+                return
+            res.wait()
+            records.append((res.start, time.monotonic(), res.delay))
+
+    threads = [threading.Thread(target=waiter, daemon=True) for _ in range(waiters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 30)
+    return _accuracy_summary(records, t0, t_end, bucket.rate.per_second)
+
+
+async def _accuracy_tasks(bucket: AsyncTokenBucket, waiters: int, seconds: float) -> _Accuracy:
+    t0 = time.monotonic()
+    await bucket.reserve(0)
+    t_end = t0 + seconds
+    records: list[tuple[float, float, float]] = []
+
+    async def waiter() -> None:
+        while True:
+            res = await bucket.reserve(1)
+            if res.start > t_end:
+                await res.cancel()
+                return
+            await res.wait()
+            records.append((res.start, time.monotonic(), res.delay))
+
+    await asyncio.wait_for(asyncio.gather(*(waiter() for _ in range(waiters))), seconds + 30)
+    return _accuracy_summary(records, t0, t_end, bucket.rate.per_second)
+
+
+def _run_memory_threads(n: int, rate: float, secs: float) -> _Accuracy:
+    return _accuracy_threads(TokenBucket(_unique("acc"), rate=Rate(rate), initial=0, backend=MemoryBackend()), n, secs)
+
+
+def _run_memory_tasks(n: int, rate: float, secs: float) -> _Accuracy:
+    bucket = AsyncTokenBucket(_unique("acc"), rate=Rate(rate), initial=0, backend=MemoryBackend())
+    return asyncio.run(_accuracy_tasks(bucket, n, secs))
+
+
+def _run_redis_threads(url: str, n: int, rate: float, secs: float) -> _Accuracy:
+    import redis
+
+    sync_cls, _ = redis_backend_classes()
+    client = redis.Redis.from_url(url)
+    try:
+        bucket = TokenBucket(_unique("acc"), rate=Rate(rate), initial=0, backend=sync_cls(client=client))
+        return _accuracy_threads(bucket, n, secs)
+    finally:
+        client.close()
+
+
+def _run_redis_tasks(url: str, n: int, rate: float, secs: float) -> _Accuracy:
+    import redis.asyncio as aredis
+
+    _, async_cls = redis_backend_classes()
+
+    async def run() -> _Accuracy:
+        client = aredis.Redis.from_url(url)
+        try:
+            bucket = AsyncTokenBucket(_unique("acc"), rate=Rate(rate), initial=0, backend=async_cls(client=client))
+            return await _accuracy_tasks(bucket, n, secs)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+_ACC_GOALS = {"memory": (0.99, 0.005), "redis": (0.97, 0.010)}
+"""Store → (least achieved ÷ rate, most p99 lateness in seconds)."""
+
+
+def bench_accuracy(sizes: Sizes) -> SectionReport:
+    """5. Achieved rate, wake-up lateness and overspend with many concurrent waiters."""
+    n, rate, secs = sizes.acc_waiters, sizes.acc_rate, sizes.acc_seconds
+    rep = SectionReport("accuracy", "5. Accuracy under load")
+    rep.notes.append(
+        f"{n} concurrent waiters (threads, then asyncio tasks) loop `res = bucket.reserve(1); res.wait()` on one "
+        f"bucket of {rate:g} tokens/s that starts empty (`initial=0`), for {secs:g} s. Achieved rate = starts by "
+        "the end ÷ (rate × duration). Lateness = the moment `wait()` returned minus `res.start` (the scheduled "
+        "start on the bucket's clock). Overspend = the most tokens started, at any moment t, beyond "
+        "`rate × (t − t0)` with t0 read just before the bucket was created (must be 0). "
+        f"Median of {sizes.acc_rounds} rounds (the four set-ups take turns); overspend is the worst round. "
+        "'had to wait' is the share of reservations with a delay: near 100% the bucket set the pace; much lower, "
+        "the waiters could not reserve fast enough (the client, not the bucket, limited the rate)."
+    )
+    runs: dict[tuple[str, str], Callable[[], _Accuracy]] = {
+        ("memory", "threads"): partial(_run_memory_threads, n, rate, secs),
+        ("memory", "asyncio"): partial(_run_memory_tasks, n, rate, secs),
+    }
+    rows: list[list[str]] = []
+    unavailable: list[list[str]] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(private_redis())
+            redis_backend_classes()
+        except RedisUnavailable as exc:
+            unavailable.append(["redis", f"not available ({exc})", "", "", "", ""])
+        else:
+            runs[("redis", "threads")] = partial(_run_redis_threads, url, n, rate, secs)
+            runs[("redis", "asyncio")] = partial(_run_redis_tasks, url, n, rate, secs)
+        samples: dict[tuple[str, str], list[_Accuracy]] = {key: [] for key in runs}
+        for _ in range(sizes.acc_rounds):
+            for key, run in runs.items():
+                if key in samples:
+                    try:
+                        samples[key].append(run())
+                    except Exception as exc:  # reported in the table; the other set-ups still run
+                        del samples[key]
+                        unavailable.append([f"{key[0]}, {key[1]}", _failed(exc), "", "", "", ""])
+    for (store, mode), accs in samples.items():
+        achieved = statistics.median(a.achieved for a in accs)
+        p50 = statistics.median(a.p50 for a in accs)
+        p99 = statistics.median(a.p99 for a in accs)
+        spent = max(a.overspend for a in accs)
+        p99s = ", ".join(fmt_ms(a.p99) for a in accs)
+        waited = statistics.median(a.waited for a in accs)
+        rows.append(
+            [f"{store}, {mode}", f"{achieved:.4f}", f"{waited:.0%}", fmt_ms(p50), f"{fmt_ms(p99)} ({p99s})", str(spent)]
+        )
+        label = f"{store}_{mode}"
+        rep.figures[f"{label}_achieved"] = achieved
+        rep.figures[f"{label}_p99_s"] = p99
+        rep.figures[f"{label}_overspend"] = spent
+        goal_rate, goal_p99 = _ACC_GOALS[store]
+        rep.targets.append(
+            Target.at_least(f"accuracy {store}/{mode}: achieved ÷ rate", achieved, goal_rate, f"{achieved:.4f}")
+        )
+        rep.targets.append(
+            Target.at_most(f"accuracy {store}/{mode}: lateness p99", p99 * 1e3, goal_p99 * 1e3, fmt_ms(p99), " ms")
+        )
+        rep.targets.append(Target.at_most(f"accuracy {store}/{mode}: overspend", spent, 0, str(spent)))
+    rep.lines.extend(
+        table(
+            [
+                "store, waiters",
+                "achieved ÷ rate",
+                "had to wait",
+                "lateness p50",
+                "lateness p99 (each round)",
+                "overspend (tokens)",
+            ],
+            rows + unavailable,
+        )
+    )
+    return rep
+
+
+# ---------------------------------------------------------------------------
+# 6. Scale: processes on one Redis bucket
+
+
+def _scale_worker(url: str, names: list[tuple[str, float, float]], seconds: float, barrier: Any, results: Any) -> None:
+    """A process hammering Redis buckets with ``try_acquire(1)``, one phase per bucket in ``names``.
+
+    Each phase starts when every worker and the parent pass ``barrier``, lasts
+    ``seconds``, and puts ``(admitted, calls, stamps)`` on ``results``:
+    ``stamps`` are the monotonic times when admitted calls returned (when the
+    caller could start).
+    """
+    try:
+        sync_cls, _ = redis_backend_classes()
+        backend = sync_cls.from_url(url)
+        now = time.monotonic
+        for name, rate, capacity in names:
+            bucket = TokenBucket(name, rate=Rate(rate), capacity=capacity, initial=0, backend=backend)
+            bucket.snapshot()  # connected and scripts loaded before the start line
+            try_acquire = bucket.try_acquire
+            barrier.wait(timeout=120)
+            end = now() + seconds
+            calls = 0
+            stamps: list[float] = []
+            while now() < end:
+                calls += 1
+                if try_acquire(1) is not None:
+                    stamps.append(now())
+            results.put((len(stamps), calls, stamps))
+    except BaseException as exc:  # tell the parent at once instead of letting it wait out its timeouts
+        results.put(_failed(exc))
+        barrier.abort()
+        raise
+
+
+def _collect(results: Any, workers: list[Any], timeout: float) -> list[tuple[int, int, list[float]]]:
+    """One result from each worker; raises at once with the first worker's failure."""
+    got: list[tuple[int, int, list[float]]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < len(workers):
+        try:
+            item = results.get(timeout=0.5)
+        except queue.Empty:
+            if time.monotonic() > deadline or any(w.exitcode not in (None, 0) for w in workers):
+                raise RuntimeError("a scale worker died without a result") from None
+            continue
+        if isinstance(item, str):
+            raise RuntimeError(f"a scale worker {item}")
+        got.append(item)
+    return got
+
+
+@dataclass
+class _Phase:
+    """What the workers of one phase did together."""
+
+    admitted: int
+    calls: int
+    overspend: int
+
+
+def _scale_run(url: str, procs: int, rate: float, seconds: float) -> tuple[_Phase, _Phase]:
+    """Run ``procs`` workers: an unlimited phase, then one limited to ``rate`` (capacity rate/10, empty at start)."""
+    sync_cls, _ = redis_backend_classes()
+    phases = [(_unique("scale-free"), HUGE, HUGE), (_unique("scale-rate"), rate, rate / 10)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(procs + 1)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_scale_worker, args=(url, phases, seconds, barrier, results), daemon=True)
+        for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    out: list[_Phase] = []
+    backend = sync_cls.from_url(url)
+    try:
+        for name, phase_rate, capacity in phases:
+            bucket = TokenBucket(name, rate=Rate(phase_rate), capacity=capacity, initial=0, backend=backend)
+            t0 = time.monotonic()  # before the state exists: the allowance is never too small
+            bucket.try_acquire(0)
+            try:
+                barrier.wait(timeout=120)
+            except threading.BrokenBarrierError:
+                _collect(results, workers, 5.0)  # raises with the worker's failure
+                raise
+            got = _collect(results, workers, seconds + 120)
+            stamps = [s for g in got for s in g[2]]
+            spent = overspend(stamps, t0, phase_rate, 0.0)
+            out.append(_Phase(sum(g[0] for g in got), sum(g[1] for g in got), spent))
+    finally:
+        backend.close()
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+    return out[0], out[1]
+
+
+def bench_scale(sizes: Sizes) -> SectionReport:
+    """6. Several processes on one Redis bucket: aggregate acquires per second and overspend."""
+    secs, rate = sizes.scale_seconds, sizes.scale_rate
+    rep = SectionReport("scale", "6. Scale: processes sharing one Redis bucket")
+    rep.notes.append(
+        f"N processes (spawned; {os.cpu_count()} CPUs) loop `try_acquire(1)` on one Redis bucket, each with its "
+        f"own `RedisBackend.from_url(...)`, in two phases of {secs:g} s. Unlimited: a rate of {HUGE:g}/s, so the "
+        f"figure is throughput. Limited: {rate:g} tokens/s, capacity {rate / 10:g}, starting empty; overspend = "
+        "the most grants, at any moment t, beyond `rate × (t − t0)`, t0 read just before the bucket was created "
+        "(a grant counts when `try_acquire` returned). "
+        f"Median of {sizes.scale_rounds} rounds (the process counts take turns); overspend is the worst round."
+    )
+    try:
+        with private_redis() as url:
+            redis_backend_classes()
+            runs: dict[int, list[tuple[_Phase, _Phase]]] = {procs: [] for procs in sizes.scale_procs}
+            order = list(sizes.scale_procs)
+            for r in range(sizes.scale_rounds):
+                k = r % len(order)
+                for procs in order[k:] + order[:k]:
+                    runs[procs].append(_scale_run(url, procs, rate, secs))
+    except RedisUnavailable as exc:
+        rep.lines.append(f"Redis not available: {exc}.")
+        return rep
+    rows: list[list[str]] = []
+    base: float | None = None
+    for procs, results in runs.items():
+        ops = statistics.median(free.admitted / secs for free, _ in results)
+        calls = statistics.median(limited.calls / secs for _, limited in results)
+        share = statistics.median(limited.admitted / (rate * secs) for _, limited in results)
+        spent = max(limited.overspend for _, limited in results)
+        base = ops if base is None else base
+        rows.append([str(procs), fmt_rate(ops), fmt_ratio(ops / base), fmt_rate(calls), f"{share:.3f}", str(spent)])
+        rep.figures[f"p{procs}_ops_per_s"] = ops
+        rep.figures[f"p{procs}_overspend"] = spent
+        rep.targets.append(Target.at_most(f"scale {procs} processes: overspend", spent, 0, str(spent)))
+    headers = ["processes", "unlimited: acquires/s", f"vs {order[0]} process(es)", "limited: calls/s"]
+    rep.lines.extend(table([*headers, "limited: granted ÷ (rate × duration)", "overspend (tokens)"], rows))
+    return rep
+
+
+# ---------------------------------------------------------------------------
+# 7. Memory per bucket
+
+
+def _fill(backend: MemoryBackend, policy: Policy, n: int) -> None:
+    reserve = backend.reserve
+    for i in range(n):
+        reserve(f"user:{i}", policy, 1.0, 0.0, None)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return -1
+
+
+def bench_footprint(sizes: Sizes) -> SectionReport:
+    """7. Bytes per bucket with many keys in the memory backend."""
+    n = sizes.footprint_keys
+    rep = SectionReport("footprint", "7. Memory: bytes per bucket in `MemoryBackend`")
+    rep.notes.append(
+        f"{n:,} keys (`user:<i>`), each charged 1 token of a 10-token bucket refilling 1/hour, so none is idle and "
+        "dropped. Python allocations counted with `tracemalloc` (key string, dict entry, state); RSS delta from "
+        "a separate fill without tracemalloc."
+    )
+    policy = Policy.build(Rate(1, per=3600), capacity=10)
+    gc.collect()
+    rss0 = _rss()
+    backend = MemoryBackend()
+    _fill(backend, policy, n)
+    gc.collect()
+    rss = (_rss() - rss0) / n if rss0 >= 0 else math.nan
+    held = len(backend)
+    del backend
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        backend = MemoryBackend()
+        _fill(backend, policy, n)
+        gc.collect()
+        traced = (tracemalloc.get_traced_memory()[0] - before) / n
+        del backend
+    finally:
+        tracemalloc.stop()
+    rep.figures["bytes_per_bucket"] = traced
+    rep.lines.extend(
+        table(
+            ["keys", "buckets held", "tracemalloc bytes / bucket", "RSS bytes / bucket"],
+            [[f"{n:,}", f"{held:,}", f"{traced:.0f}", "n/a" if math.isnan(rss) else f"{rss:.0f}"]],
+        )
+    )
+    return rep
+
+
+SECTIONS: dict[str, Callable[[Sizes], SectionReport]] = {
+    "memory": bench_memory,
+    "asyncio": bench_asyncio,
+    "redis": bench_redis,
+    "fairness": bench_fairness,
+    "accuracy": bench_accuracy,
+    "scale": bench_scale,
+    "footprint": bench_footprint,
+}
+"""Every section by the name ``--only`` takes, in report order."""
