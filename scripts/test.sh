@@ -14,12 +14,18 @@ if [ -f examples/deals_app/pyproject.toml ]; then
   .venv/bin/python -m pip install --quiet -e examples/deals_app
 fi
 
-# The Redis tests start private redis-server processes; install the server if it is missing.
-if ! command -v redis-server >/dev/null 2>&1; then
+# The Redis tests start private redis-server processes, and the dashboard test drives headless
+# Chromium: install what is missing with apt-get (as root), or say what to install.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    echo "installing ${missing[*]} with apt-get" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "redis-server is not on PATH: install it (apt-get install redis-server) and run again" >&2
+    echo "missing ${missing[*]}: install them (apt-get install ${missing[*]}) and run again" >&2
     exit 1
   fi
 fi

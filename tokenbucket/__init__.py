@@ -9,6 +9,22 @@ with what the upstream reports.
 from __future__ import annotations
 
 from ._bucket import AsyncGrant, AsyncReservation, AsyncTokenBucket, Grant, Reservation, TokenBucket
+from ._cost import CostModel, CostStore, MemoryCostStore, RedisCostStore
+from ._events import (
+    BucketEvent,
+    Cancelled,
+    DebtCleared,
+    DebtEntered,
+    Event,
+    Granted,
+    LeaseEvent,
+    Listener,
+    LoggingListener,
+    Settled,
+    Synced,
+    TimedOut,
+    Waiting,
+)
 from ._exceptions import (
     AcquireTimeout,
     BackendError,
@@ -18,30 +34,90 @@ from ._exceptions import (
     LeaseLost,
     NotAcquired,
     TokenBucketError,
+    UpstreamRateLimited,
 )
+from ._lease import AsyncLease, AsyncLeaseLock, Lease, LeaseLock
+from ._metrics import PrometheusMetrics
 from ._model import Snapshot
+from ._planner import BatchPlan, BatchPlanner
 from ._rate import Rate
-from .backends import MemoryBackend
+from ._reconcile import (
+    HeaderReconciler,
+    KeepaReconciler,
+    Reconciler,
+    UpstreamReport,
+    parse_amzn_ratelimit,
+    parse_headers,
+    parse_keepa,
+    parse_ratelimit,
+    parse_retry_after,
+    parse_x_ratelimit,
+)
+from ._simulation import JobResult, JobSpec, SimulationResult, simulate
+from ._singleton import singleton
+from .backends import AsyncRedisBackend, MemoryBackend, RedisBackend
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AcquireTimeout",
     "AsyncGrant",
+    "AsyncLease",
+    "AsyncLeaseLock",
+    "AsyncRedisBackend",
     "AsyncReservation",
     "AsyncTokenBucket",
     "BackendError",
+    "BatchPlan",
+    "BatchPlanner",
+    "BucketEvent",
+    "Cancelled",
     "ConfigurationError",
     "CostExceedsCapacity",
+    "CostModel",
+    "CostStore",
+    "DebtCleared",
+    "DebtEntered",
+    "Event",
     "Grant",
+    "Granted",
+    "HeaderReconciler",
+    "JobResult",
+    "JobSpec",
+    "KeepaReconciler",
+    "Lease",
     "LeaseError",
+    "LeaseEvent",
+    "LeaseLock",
     "LeaseLost",
+    "Listener",
+    "LoggingListener",
     "MemoryBackend",
+    "MemoryCostStore",
     "NotAcquired",
+    "PrometheusMetrics",
     "Rate",
+    "Reconciler",
+    "RedisBackend",
+    "RedisCostStore",
     "Reservation",
+    "Settled",
+    "SimulationResult",
     "Snapshot",
+    "Synced",
+    "TimedOut",
     "TokenBucket",
     "TokenBucketError",
+    "UpstreamRateLimited",
+    "UpstreamReport",
+    "Waiting",
     "__version__",
+    "parse_amzn_ratelimit",
+    "parse_headers",
+    "parse_keepa",
+    "parse_ratelimit",
+    "parse_retry_after",
+    "parse_x_ratelimit",
+    "simulate",
+    "singleton",
 ]

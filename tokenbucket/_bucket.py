@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Generic, TypeVar
 
+from . import _events
 from ._clock import Clock, SystemClock
+from ._cost import CostModel
+from ._events import Emitter, Listener
 from ._exceptions import AcquireTimeout, ConfigurationError, TokenBucketError
 from ._model import Policy, Snapshot
 from ._rate import Rate
 from ._validate import check_cost, check_name, check_timeout
-from .backends._base import AsyncBackend, Backend
+from .backends._base import AsyncBackend, Backend, Ticket
 from .backends._memory import MemoryBackend
 
 __all__ = ["AsyncGrant", "AsyncReservation", "AsyncTokenBucket", "Grant", "Reservation", "TokenBucket"]
@@ -55,7 +58,12 @@ _Flow = Generator[_Op, Any, _T]
 class _GrantBase:
     """The data of a grant; `Grant` and `AsyncGrant` add ``settle``."""
 
-    __slots__ = ("_bucket", "_charged", "cost", "waited")
+    # ``_op`` and ``_units`` are set only for grants priced by a `CostModel`
+    # (see `_priced`), so the plain-cost path does no extra work.
+    __slots__ = ("_bucket", "_charged", "_learned", "_op", "_units", "cost", "waited")
+    _learned: bool
+    _op: str
+    _units: float
 
     def __init__(self, bucket: _BucketBase, cost: float, waited: float) -> None:
         self._bucket = bucket
@@ -68,16 +76,49 @@ class _GrantBase:
         """Tokens charged for this request so far: the estimate, or the last settled cost."""
         return self._charged
 
+    @property
+    def op(self) -> str | None:
+        """The operation named when acquiring (``op=``), or None."""
+        op: str | None = getattr(self, "_op", None)
+        return op
+
+    @property
+    def units(self) -> float | None:
+        """The units named when acquiring with ``op=``, or None."""
+        units: float | None = getattr(self, "_units", None)
+        return units
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cost={self.cost:g}, waited={self.waited:.6g}, charged={self._charged:g})"
 
-    def _settle_flow(self, actual_cost: float) -> _Flow[Snapshot]:
+    def _settle_flow(self, actual_cost: float, observe: bool = True) -> _Flow[Snapshot]:
         actual = check_cost(actual_cost)
         delta = actual - self._charged
         bucket = self._bucket
         snap: Snapshot = yield _Call("settle", bucket.name, bucket.policy, delta, bucket._now())
+        estimate = self._charged
         self._charged = actual
+        if bucket._events is not None:
+            bucket._emit(_events.Settled(bucket.name, bucket._clock.now(), estimate, actual, delta, snap.tokens))
+            bucket._note_debt(snap)
+        op = getattr(self, "_op", None)
+        if observe and op is not None and not getattr(self, "_learned", False) and self._units > 0:
+            self._learned = True
+            model = bucket._cost_model
+            if model is not None:
+                model.observe(op, self._units, actual)
         return snap
+
+
+_GB = TypeVar("_GB", bound=_GrantBase)
+
+
+def _priced(grant: _GB, op: str | None, units: float) -> _GB:
+    """Mark ``grant`` as priced by the cost model for ``op`` on ``units`` units, so settling teaches the model."""
+    if op is not None:
+        grant._op = op
+        grant._units = units
+    return grant
 
 
 class Grant(_GrantBase):
@@ -90,20 +131,25 @@ class Grant(_GrantBase):
 
     __slots__ = ()
 
-    def settle(self, actual_cost: float) -> Snapshot:
+    def settle(self, actual_cost: float, *, observe: bool = True) -> Snapshot:
         """Record what the call really cost; charge or refund the difference.
 
         Idempotent: settling again with the same cost changes nothing, and a
         later settle replaces the earlier one. A charge may take the balance
-        below ``-overdraft``: it records what the upstream did.
+        below ``-overdraft``: it records what the upstream did. For a grant
+        acquired with ``op=``, the first settle also teaches the bucket's
+        `CostModel` (``observe(op, units, actual_cost)``), unless ``observe``
+        is False: pass that for a call that never ran (refused, failed to send),
+        whose cost says nothing about the operation.
 
         Returns:
             The bucket's snapshot after settling.
 
         Raises:
             ConfigurationError: ``actual_cost`` is negative, NaN or infinite (nothing changes).
+            BackendError: the store, or the cost model's shared store, failed.
         """
-        result: Snapshot = _run(self._bucket, self._settle_flow(actual_cost))
+        result: Snapshot = _run(self._bucket, self._settle_flow(actual_cost, observe))
         return result
 
 
@@ -112,9 +158,9 @@ class AsyncGrant(_GrantBase):
 
     __slots__ = ()
 
-    async def settle(self, actual_cost: float) -> Snapshot:
+    async def settle(self, actual_cost: float, *, observe: bool = True) -> Snapshot:
         """See `Grant.settle`."""
-        result: Snapshot = await _arun(self._bucket, self._settle_flow(actual_cost))
+        result: Snapshot = await _arun(self._bucket, self._settle_flow(actual_cost, observe))
         return result
 
 
@@ -124,13 +170,15 @@ _G = TypeVar("_G", Grant, AsyncGrant)
 class _ReservationBase(Generic[_G]):
     """The data of a reservation; `Reservation` and `AsyncReservation` add ``wait`` and ``cancel``."""
 
-    __slots__ = ("_bucket", "_made", "_rid", "_state", "cost", "delay", "start")
+    __slots__ = ("_bucket", "_made", "_op", "_rid", "_state", "_units", "cost", "delay", "start")
 
     def __init__(self, bucket: _BucketBase, cost: float, delay: float, rid: int | None, made: float) -> None:
         self._bucket = bucket
         self._rid = rid
         self._made = made
         self._state = "waiting"
+        self._op: str | None = None
+        self._units = 1.0
         self.cost = cost
         self.delay = delay
         self.start = made + delay
@@ -157,16 +205,21 @@ class _ReservationBase(Generic[_G]):
                 yield from self._cancel_flow()
                 raise
         self._state = "started"
-        return bucket._grant(self.cost, bucket._clock.now() - self._made)  # type: ignore[return-value]
+        grant = bucket._grant(self.cost, bucket._clock.now() - self._made)
+        if bucket._events is not None:
+            yield from bucket._granted_flow(grant.cost, grant.waited)
+        return _priced(grant, self._op, self._units)  # type: ignore[return-value]
 
     def _cancel_flow(self) -> _Flow[float]:
         if self._state != "waiting":
             return 0.0
         self._state = "cancelled"
-        if self._rid is None:
-            return 0.0
         bucket = self._bucket
-        refunded: float = yield _Call("cancel", bucket.name, bucket.policy, self._rid, bucket._now())
+        refunded: float = 0.0
+        if self._rid is not None:
+            refunded = yield _Call("cancel", bucket.name, bucket.policy, self._rid, bucket._now())
+        if bucket._events is not None:
+            bucket._emit(_events.Cancelled(bucket.name, bucket._clock.now(), self.cost, refunded))
         return refunded
 
 
@@ -221,6 +274,21 @@ class AsyncReservation(_ReservationBase[AsyncGrant]):
         return result
 
 
+class _Estimate:
+    """The default ``cost``: the cost model's estimate for ``op``, or 1 without ``op``.
+
+    A sentinel rather than None, so an explicit ``cost=None`` stays a type error.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ESTIMATE"
+
+
+ESTIMATE: Any = _Estimate()
+
+
 def _no_time() -> None:
     """The ``now`` passed to a store that keeps its own clock."""
     return None
@@ -242,9 +310,14 @@ class _BucketBase:
         initial: float | None = None,
         backend: Backend | AsyncBackend | None = None,
         clock: Clock | None = None,
+        cost_model: CostModel | None = None,
+        listeners: Iterable[Listener] = (),
     ) -> None:
         self.name = check_name(name)
         self.policy = Policy.build(rate, capacity, overdraft, min_start, initial)
+        if cost_model is not None and not isinstance(cost_model, CostModel):
+            raise TypeError(f"cost_model must be a tokenbucket.CostModel, not {type(cost_model).__name__}")
+        self._cost_model = cost_model
         if backend is None:
             backend = _DEFAULT_BACKEND
         elif not callable(getattr(backend, "reserve", None)):
@@ -252,10 +325,15 @@ class _BucketBase:
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock must have now(), sleep() and asleep(), not {type(clock).__name__}")
         self._backend = backend
+        # A store whose operations are coroutines (redis.asyncio) is awaited; any other is called directly.
+        self._awaits_store = inspect.iscoroutinefunction(backend.reserve)
         self._clock: Clock = SystemClock() if clock is None else clock
         # A store with a shared clock (Redis TIME) keeps its own time unless the user chose a clock.
         pass_now = clock is not None or not getattr(backend, "server_clock", False)
         self._stamp: Callable[[], float | None] = self._clock.now if pass_now else _no_time
+        emitter = Emitter(listeners)
+        self._events: Emitter | None = emitter if emitter else None  # None: nobody listens, nothing spent
+        self._in_debt = False
 
     @property
     def rate(self) -> Rate:
@@ -273,6 +351,11 @@ class _BucketBase:
         return self.policy.overdraft
 
     @property
+    def cost_model(self) -> CostModel | None:
+        """The `CostModel` that prices ``op=`` requests and learns from their settles, if any."""
+        return self._cost_model
+
+    @property
     def backend(self) -> Backend | AsyncBackend:
         """Where the state lives."""
         backend: Backend | AsyncBackend = self._backend
@@ -288,34 +371,138 @@ class _BucketBase:
     def _now(self) -> float | None:
         return self._stamp()
 
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The listeners told about this bucket's events, in call order."""
+        return () if self._events is None else self._events.listeners
+
+    def add_listener(self, listener: Listener) -> None:
+        """Tell ``listener`` about every later event of this bucket object (see `tokenbucket.Listener`).
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+        """
+        emitter = Emitter() if self._events is None else self._events
+        emitter.add(listener)
+        self._events = emitter
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop telling ``listener``; with no listener left, events cost nothing again.
+
+        Raises:
+            ValueError: ``listener`` was not added.
+        """
+        if self._events is None:
+            raise ValueError(f"{listener!r} is not a listener of this bucket")
+        self._events.remove(listener)
+        if not self._events:
+            self._events = None
+
+    def _emit(self, event: _events.Event) -> None:
+        events = self._events
+        if events is not None:
+            events.emit(event)
+
+    def _note_debt(self, snap: Snapshot) -> None:
+        change = _events.debt_change(self._in_debt, snap.debt, self.name, self._clock.now())
+        if change is not None:
+            self._in_debt = not self._in_debt
+            self._emit(change)
+
+    def _granted_flow(self, cost: float, waited: float) -> _Flow[None]:
+        """Tell listeners about a grant, then look at the balance for debt (listeners only)."""
+        self._emit(_events.Granted(self.name, self._clock.now(), cost, waited))
+        try:
+            snap: Snapshot = yield _Call("snapshot", self.name, self.policy, self._now())
+        except Exception:  # the grant stands; a failed look at the balance only skips the debt event
+            return
+        self._note_debt(snap)
+
+    def _plain_ticket(self, cost: object, timeout: object, op: object) -> tuple[float, int | None] | None:
+        """Reserve a plain request and return ``(delay, rid)``, or None when it needs the full flow.
+
+        A plain request has a whole-number cost, no timeout and no ``op``, on a
+        bucket nobody listens to, whose store answers without awaiting: the
+        flow would make exactly this one ``reserve`` call and decide nothing
+        else, so the front ends skip its machinery (the common, hot case).
+
+        Raises:
+            AcquireTimeout: the store refused (a Redis backend with ``on_unavailable="deny"``).
+        """
+        if (
+            type(cost) is int
+            and cost >= 0
+            and timeout is None
+            and op is None
+            and self._events is None
+            and not self._awaits_store
+        ):
+            ticket: Ticket = self._backend.reserve(self.name, self.policy, cost, None, self._stamp())
+            admitted, seconds, rid = ticket
+            if not admitted:
+                raise AcquireTimeout(cost, math.inf, seconds)
+            return seconds, rid
+        return None
+
     def _grant(self, cost: float, waited: float) -> Grant | AsyncGrant:
         raise NotImplementedError
 
     def _reservation(self, cost: float, delay: float, rid: int | None, made: float) -> Any:
         raise NotImplementedError
 
-    def _reserve_flow(self, cost: float, timeout: float | None) -> _Flow[Any]:
-        c = check_cost(cost)
+    def _price(self, cost: float | None, op: str | None, units: float) -> float:
+        """The cost of a request: ``cost`` if given, else the cost model's estimate for ``op``, else 1."""
+        if op is None:
+            if units != 1:
+                raise ConfigurationError("units= needs op=: name the operation the cost model should price")
+            return 1 if cost is ESTIMATE else check_cost(cost)
+        model = self._cost_model
+        if model is None:
+            raise ConfigurationError(f"op={op!r} needs a cost model: TokenBucket(..., cost_model=CostModel(...))")
+        estimate = model.estimate(op, units)  # validates op and units
+        return estimate if cost is ESTIMATE or cost is None else check_cost(cost)
+
+    def _reserve_flow(
+        self, cost: float | None, timeout: float | None, op: str | None = None, units: float = 1
+    ) -> _Flow[Any]:
+        c = self._price(cost, op, units)
         wait = check_timeout(timeout)
         admitted, seconds, rid = yield _Call("reserve", self.name, self.policy, c, wait, self._now())
         made = self._clock.now()
         if not admitted:
+            if self._events is not None:
+                self._emit(_events.TimedOut(self.name, made, c, math.inf if wait is None else wait, seconds))
             raise AcquireTimeout(c, math.inf if wait is None else wait, seconds)
-        return self._reservation(c, seconds, rid, made)
+        if self._events is not None and seconds > 0:
+            self._emit(_events.Waiting(self.name, made, c, seconds))
+        reservation = self._reservation(c, seconds, rid, made)
+        if op is not None:
+            reservation._op = op
+            reservation._units = float(units)
+        return reservation
 
-    def _try_flow(self, cost: float) -> _Flow[bool]:
-        c = check_cost(cost)
+    def _try_flow(self, cost: float | None, op: str | None = None, units: float = 1) -> _Flow[float | None]:
+        c = self._price(cost, op, units)
         ticket: tuple[bool, float, int | None] = yield _Call("reserve", self.name, self.policy, c, 0.0, self._now())
-        return ticket[0]
+        if self._events is not None:
+            if ticket[0]:
+                yield from self._granted_flow(c, 0.0)
+            else:
+                self._emit(_events.TimedOut(self.name, self._clock.now(), c, 0.0, ticket[1]))
+        return c if ticket[0] else None
 
-    def _acquire_flow(self, cost: float, timeout: float | None) -> _Flow[Any]:
-        reservation: _ReservationBase[Any] = yield from self._reserve_flow(cost, timeout)
+    def _acquire_flow(
+        self, cost: float | None, timeout: float | None, op: str | None = None, units: float = 1
+    ) -> _Flow[Any]:
+        reservation: _ReservationBase[Any] = yield from self._reserve_flow(cost, timeout, op, units)
         grant = yield from reservation._wait_flow()
         return grant
 
-    def _sync_flow(self, remaining: float, rate: Rate | str | None) -> _Flow[Snapshot]:
+    def _sync_flow(self, remaining: float, rate: Rate | str | None, status: int | None = None) -> _Flow[Snapshot]:
         if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
             raise TypeError(f"remaining must be a number, not {type(remaining).__name__}")
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+            raise TypeError(f"status must be an int (an HTTP status) or None, not {type(status).__name__}")
         if not math.isfinite(remaining):
             raise ConfigurationError(f"remaining must be a finite number, got {remaining!r}")
         policy = self.policy
@@ -323,8 +510,18 @@ class _BucketBase:
             new_rate = Rate.coerce(rate)
             if new_rate != policy.rate:
                 policy = Policy.build(new_rate, policy.capacity, policy.overdraft, policy.min_start, policy.initial)
-        snap: Snapshot = yield _Call("sync", self.name, policy, float(remaining), self._now())
+        if self._events is None:
+            snap: Snapshot = yield _Call("sync", self.name, policy, float(remaining), self._now())
+            self.policy = policy
+            return snap
+        before: Snapshot = yield _Call("snapshot", self.name, policy, self._now())
+        snap = yield _Call("sync", self.name, policy, float(remaining), self._now())
         self.policy = policy
+        predicted = before.tokens + before.promised
+        self._emit(
+            _events.Synced(self.name, self._clock.now(), float(remaining), predicted, remaining - predicted, status)
+        )
+        self._note_debt(snap)
         return snap
 
     def _snapshot_flow(self) -> _Flow[Snapshot]:
@@ -358,7 +555,7 @@ async def _arun(bucket: _BucketBase, flow: _Flow[_T]) -> _T:
     """Drive a flow with awaits; a sync backend (memory) is called directly."""
     backend = bucket._backend
     clock = bucket._clock
-    is_async = inspect.iscoroutinefunction(backend.reserve)
+    is_async = bucket._awaits_store
     try:
         op = next(flow)
         while True:
@@ -399,6 +596,11 @@ class TokenBucket(_BucketBase):
             this process) or a `RedisBackend`.
         clock: The clock to read and sleep on; default the monotonic clock.
             `tokenbucket.testing.ManualClock` gives virtual time.
+        cost_model: A `CostModel` that prices requests named by operation
+            (``acquire(op="product", units=10)``) and learns from their settles.
+        listeners: Callables told about this bucket's events (`tokenbucket.Listener`,
+            for example `tokenbucket.LoggingListener`); none by default, and then
+            events cost nothing.
 
     Raises:
         ConfigurationError: a policy value can never work.
@@ -413,7 +615,9 @@ class TokenBucket(_BucketBase):
     def _reservation(self, cost: float, delay: float, rid: int | None, made: float) -> Reservation:
         return Reservation(self, cost, delay, rid, made)
 
-    def acquire(self, cost: float = 1, *, timeout: float | None = None) -> Grant:
+    def acquire(
+        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+    ) -> Grant:
         """Charge ``cost`` tokens, sleep until the request may start, and return the grant.
 
         The timeout is decided up front: if the wait would exceed it, nothing is
@@ -422,47 +626,67 @@ class TokenBucket(_BucketBase):
 
         Args:
             cost: Tokens the call will spend (zero or more, may be fractional).
+                Default (or None with ``op``): the cost model's estimate for
+                ``op`` on ``units``; 1 without ``op``.
             timeout: Longest acceptable wait in seconds; None waits as long as needed.
+            op: The operation, priced by the bucket's `CostModel`; the grant
+                remembers it, and settling teaches the model.
+            units: How many units (items) the call covers, with ``op``.
 
         Raises:
             CostExceedsCapacity: the cost can never start (raised at once; nothing charged).
             AcquireTimeout: the wait would exceed ``timeout`` (nothing charged).
-            ConfigurationError: ``cost`` or ``timeout`` is negative, NaN or not a number.
+            ConfigurationError: ``cost``, ``units`` or ``timeout`` is negative, NaN or
+                not a number; ``op`` without a cost model, or unknown to it.
             BackendError: the store failed.
         """
-        result: Grant = _run(self, self._acquire_flow(cost, timeout))
-        return result
+        ticket = self._plain_ticket(cost, timeout, op)
+        if ticket is None:
+            result: Grant = _run(self, self._acquire_flow(cost, timeout, op, units))
+            return result
+        delay, rid = ticket
+        if delay == 0.0:
+            return Grant(self, cost, 0.0)  # type: ignore[arg-type]
+        return Reservation(self, cost, delay, rid, self._clock.now()).wait()  # type: ignore[arg-type]
 
-    def try_acquire(self, cost: float = 1) -> Grant | None:
+    def try_acquire(self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1) -> Grant | None:
         """Take ``cost`` tokens if the request may start now; never blocks.
+
+        ``cost``, ``op`` and ``units`` are as in `acquire`.
 
         Returns:
             The grant, or None (charging nothing) if the request would have to wait.
 
         Raises:
             CostExceedsCapacity: the cost can never start.
-            ConfigurationError: ``cost`` is negative, NaN or infinite.
+            ConfigurationError: ``cost`` is negative, NaN or infinite; ``op`` cannot be priced.
         """
-        if type(cost) is not int or cost < 0:
-            cost = check_cost(cost)
-        if self._backend.reserve(self.name, self.policy, cost, 0.0, self._stamp())[0]:
-            return Grant(self, cost, 0.0)
-        return None
+        if self._events is not None:  # listeners: the flow tells them; without, the fast path below
+            charged: float | None = _run(self, self._try_flow(cost, op, units))
+            return None if charged is None else _priced(Grant(self, charged, 0.0), op, float(units))
+        if type(cost) is not int or cost < 0 or op is not None:
+            cost = self._price(cost, op, units)
+        if not self._backend.reserve(self.name, self.policy, cost, 0.0, self._stamp())[0]:
+            return None
+        grant = Grant(self, cost, 0.0)
+        return grant if op is None else _priced(grant, op, float(units))
 
-    def reserve(self, cost: float = 1, *, timeout: float | None = None) -> Reservation:
+    def reserve(
+        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+    ) -> Reservation:
         """Charge ``cost`` now and return a `Reservation` saying when it may start.
 
         Use it to learn the wait before committing to it: ``res.delay``, then
-        ``res.wait()`` or ``res.cancel()``.
+        ``res.wait()`` or ``res.cancel()``. ``cost``, ``op`` and ``units`` are as in `acquire`.
 
         Raises:
             AcquireTimeout: the delay would exceed ``timeout`` (nothing charged).
             CostExceedsCapacity, ConfigurationError, BackendError: as `acquire`.
         """
-        result: Reservation = _run(self, self._reserve_flow(cost, timeout))
+        result: Reservation = _run(self, self._reserve_flow(cost, timeout, op, units))
         return result
 
-    def sync(self, remaining: float, *, rate: Rate | str | None = None) -> Snapshot:
+    def sync(self, remaining: float, *, rate: Rate | str | None = None, status: int | None = None) -> Snapshot:
         """Adopt the balance the upstream reports.
 
         The bucket's balance becomes ``remaining`` minus the tokens promised to
@@ -473,11 +697,14 @@ class TokenBucket(_BucketBase):
             remaining: The upstream's balance (may be negative).
             rate: The refill rate the upstream reports, if any; this bucket object
                 adopts it from now on.
+            status: The HTTP status of the response that reported the balance, if any.
+                Only listeners see it (`tokenbucket.Synced.status`; metrics count
+                429-driven syncs); the balance adopted does not depend on it.
 
         Returns:
             The snapshot after syncing.
         """
-        result: Snapshot = _run(self, self._sync_flow(remaining, rate))
+        result: Snapshot = _run(self, self._sync_flow(remaining, rate, status))
         return result
 
     def snapshot(self) -> Snapshot:
@@ -502,24 +729,38 @@ class AsyncTokenBucket(_BucketBase):
     def _reservation(self, cost: float, delay: float, rid: int | None, made: float) -> AsyncReservation:
         return AsyncReservation(self, cost, delay, rid, made)
 
-    async def acquire(self, cost: float = 1, *, timeout: float | None = None) -> AsyncGrant:
+    async def acquire(
+        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+    ) -> AsyncGrant:
         """See `TokenBucket.acquire`; task cancellation refunds the cost."""
-        result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout))
-        return result
+        ticket = self._plain_ticket(cost, timeout, op)
+        if ticket is None:
+            result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout, op, units))
+            return result
+        delay, rid = ticket
+        if delay == 0.0:
+            return AsyncGrant(self, cost, 0.0)  # type: ignore[arg-type]
+        return await AsyncReservation(self, cost, delay, rid, self._clock.now()).wait()  # type: ignore[arg-type]
 
-    async def try_acquire(self, cost: float = 1) -> AsyncGrant | None:
+    async def try_acquire(
+        self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1
+    ) -> AsyncGrant | None:
         """See `TokenBucket.try_acquire`."""
-        admitted: bool = await _arun(self, self._try_flow(cost))
-        return AsyncGrant(self, float(cost), 0.0) if admitted else None
+        charged: float | None = await _arun(self, self._try_flow(cost, op, units))
+        if charged is None:
+            return None
+        return _priced(AsyncGrant(self, charged, 0.0), op, float(units))
 
-    async def reserve(self, cost: float = 1, *, timeout: float | None = None) -> AsyncReservation:
+    async def reserve(
+        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+    ) -> AsyncReservation:
         """See `TokenBucket.reserve`."""
-        result: AsyncReservation = await _arun(self, self._reserve_flow(cost, timeout))
+        result: AsyncReservation = await _arun(self, self._reserve_flow(cost, timeout, op, units))
         return result
 
-    async def sync(self, remaining: float, *, rate: Rate | str | None = None) -> Snapshot:
+    async def sync(self, remaining: float, *, rate: Rate | str | None = None, status: int | None = None) -> Snapshot:
         """See `TokenBucket.sync`."""
-        result: Snapshot = await _arun(self, self._sync_flow(remaining, rate))
+        result: Snapshot = await _arun(self, self._sync_flow(remaining, rate, status))
         return result
 
     async def snapshot(self) -> Snapshot:

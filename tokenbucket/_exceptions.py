@@ -9,12 +9,19 @@ the right thing (a bad argument is a ``ValueError``, a timeout a ``TimeoutError`
     │   └── CostExceedsCapacity            a cost that can never start
     ├── AcquireTimeout (TimeoutError)      the wait would exceed the timeout
     ├── BackendError                       the store (Redis) failed
+    ├── UpstreamRateLimited                the upstream kept answering 429 after the retries
     └── LeaseError
         ├── NotAcquired                    someone else holds the lease
         └── LeaseLost                      the holder no longer holds it
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._reconcile import UpstreamReport
+    from .backends._lease_base import LeaseInfo
 
 __all__ = [
     "AcquireTimeout",
@@ -25,6 +32,7 @@ __all__ = [
     "LeaseLost",
     "NotAcquired",
     "TokenBucketError",
+    "UpstreamRateLimited",
 ]
 
 
@@ -59,6 +67,9 @@ class CostExceedsCapacity(ConfigurationError):
             "(capacity + overdraft); split the work into smaller requests"
         )
 
+    def __reduce__(self) -> tuple[type[CostExceedsCapacity], tuple[float, float]]:
+        return type(self), (self.cost, self.limit)
+
 
 class AcquireTimeout(TokenBucketError, TimeoutError):
     """The request would have to wait longer than its timeout.
@@ -76,14 +87,39 @@ class AcquireTimeout(TokenBucketError, TimeoutError):
         self.cost = cost
         self.timeout = timeout
         self.retry_after = retry_after
-        super().__init__(
-            f"cost {cost:g} would start in {retry_after:.3f} s, beyond the timeout of {timeout:g} s "
-            "(nothing was charged)"
-        )
+        limit = f"beyond the timeout of {timeout:g} s" if timeout != float("inf") else "and the store refused to wait"
+        super().__init__(f"cost {cost:g} would start in {retry_after:.3f} s, {limit} (nothing was charged)")
+
+    def __reduce__(self) -> tuple[type[AcquireTimeout], tuple[float, float, float]]:
+        return type(self), (self.cost, self.timeout, self.retry_after)
 
 
 class BackendError(TokenBucketError):
     """The backend (for example Redis) failed; the original error is ``__cause__``."""
+
+
+class UpstreamRateLimited(TokenBucketError):
+    """The upstream answered 429 (Too Many Requests) on every attempt.
+
+    Raised by the httpx transports after syncing the bucket with each answer,
+    waiting through the bucket and retrying the allowed number of times.
+
+    Attributes:
+        report: What the last 429 said about the quota (a
+            `tokenbucket.UpstreamReport`), or None if it said nothing readable.
+        attempts: How many requests were sent.
+        url: The request's URL, as text.
+    """
+
+    def __init__(self, report: UpstreamReport | None, attempts: int, url: str) -> None:
+        self.report = report
+        self.attempts = attempts
+        self.url = url
+        said = f"; it reported {report}" if report is not None else ""
+        super().__init__(f"{url} answered 429 Too Many Requests on all {attempts} attempts{said}")
+
+    def __reduce__(self) -> tuple[type[UpstreamRateLimited], tuple[UpstreamReport | None, int, str]]:
+        return type(self), (self.report, self.attempts, self.url)
 
 
 class LeaseError(TokenBucketError):
@@ -91,7 +127,20 @@ class LeaseError(TokenBucketError):
 
 
 class NotAcquired(LeaseError):
-    """The lease is held by someone else (and waiting was not allowed or timed out)."""
+    """The lease is held by someone else (and waiting was not allowed or timed out).
+
+    The message says who holds it and when it expires.
+
+    Attributes:
+        holder: The holder's `tokenbucket.backends.LeaseInfo` as last seen, or None.
+    """
+
+    def __init__(self, message: str, holder: LeaseInfo | None = None) -> None:
+        self.holder = holder
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[NotAcquired], tuple[str, LeaseInfo | None]]:
+        return type(self), (str(self), self.holder)
 
 
 class LeaseLost(LeaseError):

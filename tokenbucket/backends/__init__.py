@@ -9,6 +9,22 @@ from __future__ import annotations
 
 from .._model import Policy, Snapshot
 from ._base import AsyncBackend, Backend, Ticket
+from ._lease_base import AsyncLeaseBackend, LeaseBackend, LeaseInfo, LeaseOwner, LeaseReply
 from ._memory import MemoryBackend
+from ._redis import AsyncRedisBackend, RedisBackend
 
-__all__ = ["AsyncBackend", "Backend", "MemoryBackend", "Policy", "Snapshot", "Ticket"]
+__all__ = [
+    "AsyncBackend",
+    "AsyncLeaseBackend",
+    "AsyncRedisBackend",
+    "Backend",
+    "LeaseBackend",
+    "LeaseInfo",
+    "LeaseOwner",
+    "LeaseReply",
+    "MemoryBackend",
+    "Policy",
+    "RedisBackend",
+    "Snapshot",
+    "Ticket",
+]
