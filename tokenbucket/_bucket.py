@@ -16,8 +16,10 @@ from typing import Any, Generic, TypeVar
 from . import _events
 from ._clock import Clock, SystemClock
 from ._cost import CostModel
-from ._events import Emitter, Listener
+from ._events import Listened, Listener
 from ._exceptions import AcquireTimeout, ConfigurationError, TokenBucketError
+from ._flow import Call as _Call
+from ._flow import adrive, drive
 from ._model import Policy, Snapshot
 from ._rate import Rate
 from ._validate import check_cost, check_name, check_timeout
@@ -30,16 +32,6 @@ _T = TypeVar("_T")
 
 _DEFAULT_BACKEND = MemoryBackend()
 """Buckets made without a backend share this one, so a name means one bucket per process."""
-
-
-class _Call:
-    """A backend operation a flow wants performed."""
-
-    __slots__ = ("args", "method")
-
-    def __init__(self, method: str, *args: Any) -> None:
-        self.method = method
-        self.args = args
 
 
 class _Sleep:
@@ -294,7 +286,7 @@ def _no_time() -> None:
     return None
 
 
-class _BucketBase:
+class _BucketBase(Listened):
     """Configuration and flows shared by the two front ends."""
 
     _backend: Any
@@ -331,8 +323,7 @@ class _BucketBase:
         # A store with a shared clock (Redis TIME) keeps its own time unless the user chose a clock.
         pass_now = clock is not None or not getattr(backend, "server_clock", False)
         self._stamp: Callable[[], float | None] = self._clock.now if pass_now else _no_time
-        emitter = Emitter(listeners)
-        self._events: Emitter | None = emitter if emitter else None  # None: nobody listens, nothing spent
+        self._init_listeners(listeners)
         self._in_debt = False
 
     @property
@@ -370,33 +361,6 @@ class _BucketBase:
 
     def _now(self) -> float | None:
         return self._stamp()
-
-    @property
-    def listeners(self) -> tuple[Listener, ...]:
-        """The listeners told about this bucket's events, in call order."""
-        return () if self._events is None else self._events.listeners
-
-    def add_listener(self, listener: Listener) -> None:
-        """Tell ``listener`` about every later event of this bucket object (see `tokenbucket.Listener`).
-
-        Raises:
-            TypeError: ``listener`` is not callable.
-        """
-        emitter = Emitter() if self._events is None else self._events
-        emitter.add(listener)
-        self._events = emitter
-
-    def remove_listener(self, listener: Listener) -> None:
-        """Stop telling ``listener``; with no listener left, events cost nothing again.
-
-        Raises:
-            ValueError: ``listener`` was not added.
-        """
-        if self._events is None:
-            raise ValueError(f"{listener!r} is not a listener of this bucket")
-        self._events.remove(listener)
-        if not self._events:
-            self._events = None
 
     def _emit(self, event: _events.Event) -> None:
         events = self._events
@@ -533,47 +497,28 @@ def _run(bucket: _BucketBase, flow: _Flow[_T]) -> _T:
     """Drive a flow with blocking calls."""
     backend = bucket._backend
     clock = bucket._clock
-    try:
-        op = next(flow)
-        while True:
-            try:
-                if type(op) is _Sleep:
-                    clock.sleep(op.seconds)
-                    result = None
-                else:
-                    result = getattr(backend, op.method)(*op.args)  # type: ignore[union-attr]
-            except BaseException as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(result)
-    except StopIteration as stop:
-        value: _T = stop.value
-        return value
+
+    def perform(op: _Op) -> Any:
+        if type(op) is _Sleep:
+            return clock.sleep(op.seconds)
+        return getattr(backend, op.method)(*op.args)  # type: ignore[union-attr]
+
+    return drive(flow, perform)
 
 
 async def _arun(bucket: _BucketBase, flow: _Flow[_T]) -> _T:
-    """Drive a flow with awaits; a sync backend (memory) is called directly."""
+    """Drive a flow with awaits; a store that never blocks (memory) is called directly."""
     backend = bucket._backend
     clock = bucket._clock
-    is_async = bucket._awaits_store
-    try:
-        op = next(flow)
-        while True:
-            try:
-                if type(op) is _Sleep:
-                    await clock.asleep(op.seconds)
-                    result = None
-                else:
-                    result = getattr(backend, op.method)(*op.args)  # type: ignore[union-attr]
-                    if is_async:
-                        result = await result
-            except BaseException as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(result)
-    except StopIteration as stop:
-        value: _T = stop.value
-        return value
+    awaits_store = bucket._awaits_store
+
+    async def perform(op: _Op) -> Any:
+        if type(op) is _Sleep:
+            return await clock.asleep(op.seconds)
+        result = getattr(backend, op.method)(*op.args)  # type: ignore[union-attr]
+        return (await result) if awaits_store else result
+
+    return await adrive(flow, perform)
 
 
 class TokenBucket(_BucketBase):

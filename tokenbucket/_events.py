@@ -287,6 +287,47 @@ class Emitter:
                 _log.exception("tokenbucket: listener %r failed on %r", listener, event)
 
 
+class Listened:
+    """The listener management shared by buckets and lease locks.
+
+    ``_events`` is None while nobody listens, so the objects spend nothing on
+    events until a listener is added.
+    """
+
+    _events: Emitter | None
+
+    def _init_listeners(self, listeners: Iterable[Listener]) -> None:
+        emitter = Emitter(listeners)
+        self._events = emitter if emitter else None
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The listeners told about this object's events, in call order."""
+        return () if self._events is None else self._events.listeners
+
+    def add_listener(self, listener: Listener) -> None:
+        """Tell ``listener`` about every later event of this object (see `tokenbucket.Listener`).
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+        """
+        emitter = Emitter() if self._events is None else self._events
+        emitter.add(listener)
+        self._events = emitter
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop telling ``listener``; with no listener left, events cost nothing again.
+
+        Raises:
+            ValueError: ``listener`` was not added.
+        """
+        if self._events is None:
+            raise ValueError(f"{listener!r} is not a listener of this object")
+        self._events.remove(listener)
+        if not self._events:
+            self._events = None
+
+
 def _check_listener(listener: object) -> None:
     if not callable(listener):
         raise TypeError(f"a listener must be callable with one event, not {type(listener).__name__}")

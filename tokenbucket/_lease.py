@@ -36,8 +36,10 @@ from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 from ._clock import Clock, SystemClock
-from ._events import Emitter, LeaseEvent, LeaseEventKind, Listener
+from ._events import LeaseEvent, LeaseEventKind, Listened, Listener
 from ._exceptions import BackendError, LeaseError, LeaseLost, NotAcquired
+from ._flow import Call as _Call
+from ._flow import adrive, drive
 from ._validate import check_name, check_positive, check_timeout
 from .backends._lease_base import AsyncLeaseBackend, LeaseBackend, LeaseInfo, LeaseOwner
 from .backends._memory import MemoryBackend
@@ -58,16 +60,6 @@ _WAKE_SLACK = 0.005
 """Seconds added to a holder's expiry before trying again, so the store has surely expired it."""
 
 
-class _Call:
-    """A store operation a flow wants performed."""
-
-    __slots__ = ("args", "method")
-
-    def __init__(self, method: str, *args: Any) -> None:
-        self.method = method
-        self.args = args
-
-
 class _Wait:
     """A flow wants to wait until ``name`` is released or ``seconds`` pass."""
 
@@ -85,25 +77,16 @@ def _drive(lock: _LockBase[Any], flow: _Flow[_T]) -> _T:
     """Drive a flow with blocking calls."""
     backend = lock._backend
     clock = lock._clock
-    try:
-        op = next(flow)
-        while True:
-            try:
-                if isinstance(op, _Wait):
-                    if lock._custom_clock:
-                        clock.sleep(op.seconds)
-                        result = False
-                    else:
-                        result = backend.lease_wait(op.name, op.seconds)
-                else:
-                    result = getattr(backend, op.method)(*op.args)
-            except BaseException as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(result)
-    except StopIteration as stop:
-        value: _T = stop.value
-        return value
+
+    def perform(op: _Call | _Wait) -> Any:
+        if isinstance(op, _Wait):
+            if lock._custom_clock:
+                clock.sleep(op.seconds)
+                return False
+            return backend.lease_wait(op.name, op.seconds)
+        return getattr(backend, op.method)(*op.args)
+
+    return drive(flow, perform)
 
 
 async def _adrive(lock: _LockBase[Any], flow: _Flow[_T]) -> _T:
@@ -111,31 +94,21 @@ async def _adrive(lock: _LockBase[Any], flow: _Flow[_T]) -> _T:
     backend = lock._backend
     clock = lock._clock
     is_async = inspect.iscoroutinefunction(backend.lease_acquire)
-    try:
-        op = next(flow)
-        while True:
-            try:
-                if isinstance(op, _Wait):
-                    if lock._custom_clock:
-                        await clock.asleep(op.seconds)
-                        result = False
-                    elif is_async:
-                        result = await backend.lease_wait(op.name, op.seconds)
-                    elif hasattr(backend, "lease_wait_async"):
-                        result = await backend.lease_wait_async(op.name, op.seconds)
-                    else:
-                        result = await asyncio.to_thread(backend.lease_wait, op.name, op.seconds)
-                else:
-                    result = getattr(backend, op.method)(*op.args)
-                    if is_async:
-                        result = await result
-            except BaseException as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(result)
-    except StopIteration as stop:
-        value: _T = stop.value
-        return value
+
+    async def perform(op: _Call | _Wait) -> Any:
+        if isinstance(op, _Wait):
+            if lock._custom_clock:
+                await clock.asleep(op.seconds)
+                return False
+            if is_async:
+                return await backend.lease_wait(op.name, op.seconds)
+            if hasattr(backend, "lease_wait_async"):
+                return await backend.lease_wait_async(op.name, op.seconds)
+            return await asyncio.to_thread(backend.lease_wait, op.name, op.seconds)
+        result = getattr(backend, op.method)(*op.args)
+        return (await result) if is_async else result
+
+    return await adrive(flow, perform)
 
 
 def _not_acquired(name: str, holder: LeaseInfo | None, waited: float | None) -> NotAcquired:
@@ -530,7 +503,7 @@ async def _heartbeat_task(ref: weakref.ref[AsyncLease], delay: float) -> None:
 _L = TypeVar("_L", Lease, AsyncLease)
 
 
-class _LockBase(Generic[_L]):
+class _LockBase(Listened, Generic[_L]):
     """Configuration and the acquire flow shared by `LeaseLock` and `AsyncLeaseLock`."""
 
     _backend: Any
@@ -574,23 +547,7 @@ class _LockBase(Generic[_L]):
         self.on_lost = on_lost
         self.task = task
         self._entered: dict[object, _L] = {}
-        emitter = Emitter(listeners)
-        self._events: Emitter | None = emitter if emitter else None  # None: nobody listens, nothing spent
-
-    @property
-    def listeners(self) -> tuple[Listener, ...]:
-        """The listeners told about this lock's lease events (`tokenbucket.LeaseEvent`), in call order."""
-        return () if self._events is None else self._events.listeners
-
-    def add_listener(self, listener: Listener) -> None:
-        """Tell ``listener`` about every later lease event of this lock object.
-
-        Raises:
-            TypeError: ``listener`` is not callable.
-        """
-        emitter = Emitter() if self._events is None else self._events
-        emitter.add(listener)
-        self._events = emitter
+        self._init_listeners(listeners)
 
     def _emit(self, kind: LeaseEventKind, fence: int, owner: LeaseOwner, reason: str) -> None:
         events = self._events

@@ -53,6 +53,7 @@ import httpx
 
 from .._bucket import ESTIMATE, AsyncGrant, AsyncTokenBucket, Grant, TokenBucket
 from .._exceptions import ConfigurationError, UpstreamRateLimited
+from .._flow import adrive, drive
 from .._model import Snapshot
 from .._reconcile import KeepaReconciler, Reconciler
 from .._validate import check_cost, check_timeout
@@ -368,43 +369,36 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
         """Pay for ``request``, send it, and reconcile the bucket with the response."""
         bucket: TokenBucket = self._bucket  # type: ignore[assignment]
         ledger = self._ledger
-        flow = self._flow(request)
-        try:
-            step = next(flow)
-            while True:
-                try:
-                    result: Any = None
-                    if type(step) is _Reserve:
-                        with ledger.lock:
-                            res = bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
-                            result = (res, ledger.begin(res.cost, res.start))
-                    elif type(step) is _Wait:
-                        result = step.reservation.wait()
-                    elif type(step) is _Send:
-                        result = self._transport.handle_request(step.request)
-                    elif type(step) is _Read:
-                        result = step.response.read()
-                    elif type(step) is _Close:
-                        step.response.close()
-                    elif type(step) is _Finish:
-                        with ledger.lock:
-                            if step.actual is not None:
-                                step.grant.settle(step.actual, observe=step.observe)
-                            ledger.end(step.entry)
-                    elif type(step) is _Sync:
-                        with ledger.lock:
-                            target, complete = self._sync_target(step, bucket._clock.now())
-                            if complete or _lowers(target, bucket.snapshot()):
-                                bucket.sync(target, rate=step.rate)
-                    elif type(step) is _Sleep:
-                        bucket._clock.sleep(step.seconds)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                else:
-                    step = flow.send(result)
-        except StopIteration as stop:
-            response: httpx.Response = stop.value
-            return response
+
+        def perform(step: _Step) -> Any:
+            if type(step) is _Reserve:
+                with ledger.lock:
+                    res = bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                    return res, ledger.begin(res.cost, res.start)
+            if type(step) is _Wait:
+                return step.reservation.wait()
+            if type(step) is _Send:
+                return self._transport.handle_request(step.request)
+            if type(step) is _Read:
+                return step.response.read()
+            if type(step) is _Close:
+                return step.response.close()
+            if type(step) is _Finish:
+                with ledger.lock:
+                    if step.actual is not None:
+                        step.grant.settle(step.actual, observe=step.observe)
+                    return ledger.end(step.entry)
+            if type(step) is _Sync:
+                with ledger.lock:
+                    target, complete = self._sync_target(step, bucket._clock.now())
+                    if complete or _lowers(target, bucket.snapshot()):
+                        bucket.sync(target, rate=step.rate)
+                    return None
+            assert type(step) is _Sleep
+            return bucket._clock.sleep(step.seconds)
+
+        response: httpx.Response = drive(self._flow(request), perform)
+        return response
 
     def close(self) -> None:
         """Close the wrapped transport."""
@@ -429,43 +423,36 @@ class AsyncRateLimitedTransport(_RateLimitedBase, httpx.AsyncBaseTransport):
         bucket: AsyncTokenBucket = self._bucket  # type: ignore[assignment]
         ledger = self._ledger
         lock = ledger.async_lock()
-        flow = self._flow(request)
-        try:
-            step = next(flow)
-            while True:
-                try:
-                    result: Any = None
-                    if type(step) is _Reserve:
-                        async with lock:
-                            res = await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
-                            result = (res, ledger.begin(res.cost, res.start))
-                    elif type(step) is _Wait:
-                        result = await step.reservation.wait()
-                    elif type(step) is _Send:
-                        result = await self._transport.handle_async_request(step.request)
-                    elif type(step) is _Read:
-                        result = await step.response.aread()
-                    elif type(step) is _Close:
-                        await step.response.aclose()
-                    elif type(step) is _Finish:
-                        async with lock:
-                            if step.actual is not None:
-                                await step.grant.settle(step.actual, observe=step.observe)  # type: ignore[misc]
-                            ledger.end(step.entry)
-                    elif type(step) is _Sync:
-                        async with lock:
-                            target, complete = self._sync_target(step, bucket._clock.now())
-                            if complete or _lowers(target, await bucket.snapshot()):
-                                await bucket.sync(target, rate=step.rate)
-                    elif type(step) is _Sleep:
-                        await bucket._clock.asleep(step.seconds)
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                else:
-                    step = flow.send(result)
-        except StopIteration as stop:
-            response: httpx.Response = stop.value
-            return response
+
+        async def perform(step: _Step) -> Any:
+            if type(step) is _Reserve:
+                async with lock:
+                    res = await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                    return res, ledger.begin(res.cost, res.start)
+            if type(step) is _Wait:
+                return await step.reservation.wait()
+            if type(step) is _Send:
+                return await self._transport.handle_async_request(step.request)
+            if type(step) is _Read:
+                return await step.response.aread()
+            if type(step) is _Close:
+                return await step.response.aclose()
+            if type(step) is _Finish:
+                async with lock:
+                    if step.actual is not None:
+                        await step.grant.settle(step.actual, observe=step.observe)  # type: ignore[misc]
+                    return ledger.end(step.entry)
+            if type(step) is _Sync:
+                async with lock:
+                    target, complete = self._sync_target(step, bucket._clock.now())
+                    if complete or _lowers(target, await bucket.snapshot()):
+                        await bucket.sync(target, rate=step.rate)
+                    return None
+            assert type(step) is _Sleep
+            return await bucket._clock.asleep(step.seconds)
+
+        response: httpx.Response = await adrive(self._flow(request), perform)
+        return response
 
     async def aclose(self) -> None:
         """Close the wrapped transport."""
