@@ -46,3 +46,11 @@ def test_exceptions_pickle_round_trip(exc: TokenBucketError) -> None:
     assert type(back) is type(exc)
     assert str(back) == str(exc)
     assert back.__dict__ == exc.__dict__
+
+
+def test_cost_exceeds_capacity_rebuilds_from_its_args() -> None:
+    """Celery's JSON result serializer stores ``args`` and calls ``type(exc)(*args)``."""
+    exc = CostExceedsCapacity(1000.0, 300.0)
+    back = type(exc)(*exc.args)
+    assert str(back) == str(exc)
+    assert back.__dict__ == exc.__dict__

@@ -60,15 +60,17 @@ class CostExceedsCapacity(ConfigurationError):
     """
 
     def __init__(self, cost: float, limit: float) -> None:
+        # The arguments are the exception's args, so pickle and Celery's result
+        # serializer rebuild it as it was, with cost and limit.
+        super().__init__(cost, limit)
         self.cost = cost
         self.limit = limit
-        super().__init__(
-            f"cost {cost:g} can never start: the most this bucket can ever start is {limit:g} "
+
+    def __str__(self) -> str:
+        return (
+            f"cost {self.cost:g} can never start: the most this bucket can ever start is {self.limit:g} "
             "(capacity + overdraft); split the work into smaller requests"
         )
-
-    def __reduce__(self) -> tuple[type[CostExceedsCapacity], tuple[float, float]]:
-        return type(self), (self.cost, self.limit)
 
 
 class AcquireTimeout(TokenBucketError, TimeoutError):
@@ -91,6 +93,7 @@ class AcquireTimeout(TokenBucketError, TimeoutError):
         super().__init__(f"cost {cost:g} would start in {retry_after:.3f} s, {limit} (nothing was charged)")
 
     def __reduce__(self) -> tuple[type[AcquireTimeout], tuple[float, float, float]]:
+        # TimeoutError (an OSError) reinterprets several args, so pickle rebuilds it from the attributes.
         return type(self), (self.cost, self.timeout, self.retry_after)
 
 

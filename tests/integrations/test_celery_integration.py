@@ -21,7 +21,15 @@ from celery.contrib.testing.worker import start_worker
 from celery.exceptions import MaxRetriesExceededError
 from redis_servers import RedisServer
 
-from tokenbucket import ConfigurationError, CostModel, LeaseLock, NotAcquired, RedisBackend, TokenBucket
+from tokenbucket import (
+    ConfigurationError,
+    CostExceedsCapacity,
+    CostModel,
+    LeaseLock,
+    NotAcquired,
+    RedisBackend,
+    TokenBucket,
+)
 from tokenbucket.integrations.celery import acquire_or_retry, singleton, spends
 
 pytestmark = [
@@ -221,9 +229,10 @@ class TestAcquireOrRetry:
 
     def test_cost_that_can_never_start_fails_at_once(self, worker: Any) -> None:
         result = spend.delay(_name(), "1/second", 5, 6, 1.0, True)
-        # CostExceedsCapacity is a ConfigurationError; Celery rebuilds it from its message.
-        with pytest.raises(ConfigurationError, match="cost 6 can never start"):
+        # Celery rebuilds the exception from its args: the caller gets CostExceedsCapacity itself.
+        with pytest.raises(CostExceedsCapacity, match="cost 6 can never start") as info:
             result.get(timeout=RESULT_TIMEOUT)
+        assert (info.value.cost, info.value.limit) == (6, 5)
         assert result.state == "FAILURE"
 
 
