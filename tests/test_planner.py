@@ -109,6 +109,16 @@ def test_budget_by_wait_counts_the_balance_and_the_refill() -> None:
     assert both.plan("op", 40).size == 8
 
 
+def test_budget_by_wait_in_debt_still_plans_one() -> None:
+    bucket = keepa_bucket(CostModel(prior={"product": 20}))
+    bucket.acquire(300)
+    bucket.sync(-500)  # deep in debt: any wait budget of a few minutes is already spent
+    plan = BatchPlanner(bucket, max_wait=60).plan("product", 40)
+    assert plan.size == 1
+    assert plan.estimated_cost == 20
+    assert "planning 1" in plan.explanation
+
+
 def test_expected_wait_comes_from_the_snapshot() -> None:
     bucket = keepa_bucket(CostModel(prior={"product": 20}), overdraft=0)
     bucket.acquire(290)  # 10 left, strict: 15 × 20 needs 300 → 290 tokens at 5/min = 58 min

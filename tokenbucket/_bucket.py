@@ -547,6 +547,11 @@ class TokenBucket(_BucketBase):
             for example `tokenbucket.LoggingListener`); none by default, and then
             events cost nothing.
 
+    Attributes:
+        name: The bucket's name.
+        policy: The validated rules (`tokenbucket.backends.Policy`): rate, capacity,
+            overdraft, min_start, initial.
+
     Raises:
         ConfigurationError: a policy value can never work.
         TypeError: an argument has the wrong type.

@@ -1,6 +1,6 @@
 """``tokenbucket``: the operator's command line.
 
-Buckets and leases on Redis, seen and repaired from a shell::
+Buckets and leases on Redis, seen and repaired from a shell:
 
     tokenbucket status keepa                       # balance, debt, time to positive / full, policy
     tokenbucket watch keepa --interval 2           # the same, refreshed in place

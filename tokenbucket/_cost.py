@@ -192,7 +192,7 @@ class CostModel:
         ConfigurationError: a value can never work (negative prior, quantile 0, ...).
         TypeError: a value has the wrong type.
 
-    Example::
+    For example:
 
         model = CostModel(prior={"product": 20})
         model.estimate("product", 10)            # 200.0

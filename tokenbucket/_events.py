@@ -6,7 +6,7 @@ a lease takes them the same way. Events are frozen, slotted dataclasses, so a
 listener may keep them.
 
 Bucket events (every one carries ``bucket``, the bucket's name, and ``time``,
-the reading of the bucket's clock)::
+the reading of the bucket's clock):
 
     Waiting       a request was charged and will start after ``delay`` seconds
     Granted       a request started (``waited`` seconds after it asked)
@@ -229,7 +229,7 @@ class Emitter:
     """Delivers events to listeners; what a bucket or a lease holds.
 
     Test it for truth before building an event, so that nothing is spent when
-    nobody listens::
+    nobody listens:
 
         if self._emitter:
             self._emitter.emit(LeaseEvent("renewed", name, clock.now(), fence, holder))

@@ -2,7 +2,7 @@
 
 Every exception derives from `TokenBucketError`, so one ``except`` clause catches
 them all. Builtin mixins let callers who do not know this library still catch
-the right thing (a bad argument is a ``ValueError``, a timeout a ``TimeoutError``)::
+the right thing (a bad argument is a ``ValueError``, a timeout a ``TimeoutError``):
 
     TokenBucketError
     ├── ConfigurationError (ValueError)    bad policy, bad argument value

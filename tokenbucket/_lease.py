@@ -8,7 +8,7 @@ acquisition gets a larger fencing number (``lease.fence``) so a store can
 refuse the writes of a holder that lost its lease without knowing it (see
 `tokenbucket.fencing`).
 
-The holder's view of its lease moves one way::
+The holder's view of its lease moves one way:
 
     held ──renewal fails──> suspended ──local deadline passes──> lost
       │  <──renewal works──┘                                     ^

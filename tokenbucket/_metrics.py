@@ -2,7 +2,7 @@
 
 It is a listener (counters and the wait histogram follow the events) and a
 collector (the balance, debt and promised tokens are read with a snapshot at
-scrape time, so they are current even when nothing happens)::
+scrape time, so they are current even when nothing happens):
 
     from prometheus_client import start_http_server
     metrics = PrometheusMetrics()

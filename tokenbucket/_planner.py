@@ -73,6 +73,8 @@ def _fits(size: int, per_unit: float, limit: float) -> int:
     """The largest ``n <= size`` with ``n × per_unit <= limit``."""
     if per_unit == 0:
         return size
+    if limit < per_unit:  # not even one (a negative limit: a wait budget already spent)
+        return 0
     n = min(size, int(min(limit / per_unit, float(size))))
     while n < size and (n + 1) * per_unit <= limit:
         n += 1

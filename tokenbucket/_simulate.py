@@ -9,7 +9,7 @@ Each job makes calls of one batch each. A run of the job arrives every N
 seconds (``every=``), at random with a mean gap (``poisson=``, seeded), or
 again as soon as the previous call started (``continuous``). A normal job
 waits its turn (first-come first-served, ``reserve`` then ``wait``). A
-**legacy gate** job (``gate=20``) does what the incident's code did::
+**legacy gate** job (``gate=20``) does what the incident's code did:
 
     if not has_enough_tokens(20): return   # abort the run; never wait
 
@@ -19,7 +19,7 @@ on find its lock held by a holder that crashed and never expires (give
 
 Reproduce the incident (a legacy gated deals job starved by a products job
 that asks Keepa for 50 ASINs × 20 tokens at a time, plus a job behind a ghost
-lock) with one command::
+lock) with one command:
 
     tokenbucket simulate --rate 5/minute --capacity 300 --overdraft inf --duration 6h \\
         --job "products:cost=20,batch=50,continuous" \\

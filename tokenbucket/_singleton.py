@@ -39,7 +39,7 @@ def singleton(
     heartbeat; a run that crashes frees the lease within ``ttl``, so a job can
     never be skipped for ever because of a dead run.
 
-    Example::
+    For example:
 
         @singleton("backfill_deals", ttl=30, backend=backend)
         def backfill() -> int: ...

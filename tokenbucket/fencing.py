@@ -9,7 +9,7 @@ the pause can come right after the check. The store has to refuse the write.
 Every acquisition gets a larger ``lease.fence``. A store that remembers the
 largest fence it has seen per resource, and refuses writes carrying a smaller
 one, is safe against any pause. This module does that for SQLite, in the same
-transaction as the write::
+transaction as the write:
 
     import sqlite3
     from tokenbucket import LeaseLock

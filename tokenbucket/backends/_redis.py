@@ -91,7 +91,7 @@ class map_redis_errors:
     The one place where foreign errors become ours: the message names the
     operation and the server (password redacted); the original error is the
     ``__cause__``. Other exceptions (cancellation, our own errors) pass through.
-    A context manager (a class rather than a generator: it wraps every call)::
+    A context manager (a class rather than a generator: it wraps every call):
 
         with map_redis_errors("reserve on 'keepa'", client):
             client.evalsha(...)
@@ -321,7 +321,7 @@ def _describe(reply: Any, policy: Policy) -> Snapshot:
 class RedisBackend(RedisLeaseStore, _RedisCommon):
     """Bucket state in Redis, shared by every thread, process and host that uses it.
 
-    Build it from a URL or around a client you configured::
+    Build it from a URL or around a client you configured:
 
         backend = RedisBackend.from_url("redis://localhost:6379/0", prefix="tb:")
         backend = RedisBackend(client=redis.Redis(...))          # or redis.cluster.RedisCluster(...)
@@ -474,6 +474,10 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         """Close the client if `from_url` made it; a client passed in is left to its owner."""
         if self._owns_client:
             self._client.close()
+            # RedisCluster.close() keeps its nodes' pooled sockets: disconnect them as well.
+            disconnect = getattr(self._client, "disconnect_connection_pools", None)
+            if disconnect is not None:
+                disconnect()
 
     def __enter__(self) -> RedisBackend:
         return self
@@ -549,7 +553,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
     """The asyncio twin of `RedisBackend`, on a ``redis.asyncio`` client, for `tokenbucket.AsyncTokenBucket`.
 
     The same scripts, keys, arguments and guarantees; every operation is
-    awaitable::
+    awaitable:
 
         backend = AsyncRedisBackend.from_url("redis://localhost:6379/0", prefix="tb:")
         bucket = AsyncTokenBucket("keepa", rate="5/minute", backend=backend)

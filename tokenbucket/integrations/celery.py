@@ -3,7 +3,7 @@
 A worker process that sleeps for a minute waiting for tokens is a worker that
 runs nothing else for a minute. These helpers wait in the worker only for
 short waits; a longer wait becomes a Celery retry scheduled for the moment the
-tokens will be there, and the worker is free meanwhile::
+tokens will be there, and the worker is free meanwhile:
 
     from tokenbucket import RedisBackend, TokenBucket
     from tokenbucket.integrations.celery import acquire_or_retry, spends

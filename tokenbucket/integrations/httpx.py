@@ -350,7 +350,7 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
         timeout: Longest wait for tokens, in seconds (`tokenbucket.AcquireTimeout` beyond).
         sync_rate: Adopt the refill rate the upstream reports.
 
-    Example::
+    For example:
 
         bucket = TokenBucket("keepa", rate="5/minute", capacity=300, cost_model=CostModel(prior={"product": 20}))
         transport = RateLimitedTransport(

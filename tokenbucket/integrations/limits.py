@@ -1,7 +1,7 @@
 """A ``"token-bucket"`` strategy for `limits`, so for Flask-Limiter and SlowAPI too.
 
 Import this module once, anywhere before the rate limiter is built (for example
-next to the app's imports), and name the strategy::
+next to the app's imports), and name the strategy:
 
     import tokenbucket.integrations.limits  # registers "token-bucket"
 
