@@ -383,12 +383,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         f"{config.time_scale:g}×); counters at {server.base_url}/_sim/stats; Ctrl-C stops",
         flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.serve_forever()
     return 0
 
 
@@ -479,12 +474,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise AppError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     print(f"dashboard on {server.url} (read-only; Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.serve_forever()
     return 0
 
 

@@ -9,7 +9,6 @@ so it can run beside the collector.
 from __future__ import annotations
 
 import html
-import threading
 import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from typing import Any
 
 from .catalog import to_unix_ms
 from .leases import LeaseView
+from .serving import LocalServer
 from .store import Store
 
 __all__ = ["DashboardServer", "render_page", "token_chart"]
@@ -141,7 +141,7 @@ def render_page(store: Store, leases: Sequence[LeaseView] | None, *, hours: floa
 """
 
 
-class DashboardServer:
+class DashboardServer(LocalServer):
     """Serves the dashboard on a loopback port; a context manager.
 
     Args:
@@ -188,36 +188,10 @@ class DashboardServer:
         self.store = store
         self.leases = leases
         self.hours = hours
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(ThreadingHTTPServer((host, port), Handler), "dashboard")
 
     @property
     def url(self) -> str:
         """``http://host:port/``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
-
-    def start(self) -> DashboardServer:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted."""
-        self._server.serve_forever()
-
-    def stop(self) -> None:
-        """Stop and close the port."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> DashboardServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        host, port = self.address
+        return f"http://{host}:{port}/"

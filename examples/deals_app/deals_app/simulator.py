@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .catalog import Catalog, from_unix_ms, to_unix_ms
+from .serving import LocalServer
 
 __all__ = ["KeepaSimulator", "Response", "SimConfig", "SimulatorServer"]
 
@@ -452,7 +453,7 @@ class _Server(ThreadingHTTPServer):
     simulator: KeepaSimulator
 
 
-class SimulatorServer:
+class SimulatorServer(LocalServer):
     """The simulator on a real HTTP port; a context manager.
 
     Args:
@@ -463,41 +464,16 @@ class SimulatorServer:
 
     def __init__(self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.simulator = KeepaSimulator(config)
-        self._server = _Server((host, port), _Handler)
-        self._server.simulator = self.simulator
-        self._thread: threading.Thread | None = None
+        server = _Server((host, port), _Handler)
+        server.simulator = self.simulator
+        super().__init__(server, "keepa-simulator")
 
     @property
     def base_url(self) -> str:
         """``http://host:port`` the server listens on."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> SimulatorServer:
-        """Serve in a background thread; returns self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="keepa-simulator", daemon=True)
-            self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until interrupted."""
-        self._server.serve_forever()
-
-    def stop(self) -> None:
-        """Stop serving and close the port."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
+        host, port = self.address
+        return f"http://{host}:{port}"
 
     def stats(self) -> dict[str, Any]:
         """The simulator's counters; see `KeepaSimulator.stats`."""
         return self.simulator.stats()
-
-    def __enter__(self) -> SimulatorServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
