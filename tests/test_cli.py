@@ -116,6 +116,18 @@ class TestLocks:
 
 
 class TestBuckets:
+    def test_status_refuses_a_key_that_is_not_a_bucket(
+        self, backend: RedisBackend, redis_server: RedisServer, redis_prefix: str
+    ) -> None:
+        client = redis_server.client()
+        try:
+            client.set(backend.bucket_keys("other")[0], b"someone else's value", ex=60)
+            result = tb("status", "other", "--prefix", redis_prefix, url=redis_server.url)
+        finally:
+            client.close()
+        assert result.returncode == 1
+        assert "not the state of a tokenbucket bucket" in one_error_line(result)
+
     def test_status_reads_the_policy_stored_with_the_bucket(
         self, backend: RedisBackend, redis_server: RedisServer, redis_prefix: str
     ) -> None:

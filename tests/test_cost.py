@@ -339,6 +339,8 @@ def test_operation_pricing_errors_charge_nothing() -> None:
         bucket.acquire(op="product", units=2)
     with pytest.raises(ConfigurationError, match="units= needs op="):
         bucket.acquire(units=2)
+    with pytest.raises(ConfigurationError, match="units= needs op="):
+        bucket.acquire(3, units=2)
     priced = _bucket(CostModel(prior={"product": 20}))
     with pytest.raises(ConfigurationError, match="no cost known"):
         priced.try_acquire(op="deal")

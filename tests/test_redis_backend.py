@@ -28,7 +28,7 @@ from tokenbucket import (
     TokenBucket,
 )
 from tokenbucket.backends import Policy
-from tokenbucket.backends._redis import lua_source
+from tokenbucket.backends._redis import lua_source, parse_state
 from tokenbucket.testing import ManualClock
 
 pytestmark = pytest.mark.redis
@@ -56,7 +56,9 @@ def test_importing_tokenbucket_does_not_import_redis() -> None:
 def test_scripts_are_package_data_with_headers() -> None:
     for op in ("reserve", "cancel", "settle", "sync", "snapshot"):
         text = lua_source(f"bucket_{op}")
-        assert text.startswith("-- tokenbucket: the bucket arithmetic")  # the shared prelude comes first
+        flag, text = text.split("\n", 1)
+        assert flag == f"local WRITES = {'false' if op == 'snapshot' else 'true'}"  # only snapshot merely reads
+        assert text.startswith("-- tokenbucket: the bucket arithmetic")  # then the shared prelude
         body = text.split("-- bucket_" + op + ":", 1)[1]
         assert "Reply:" in body
 
@@ -149,9 +151,16 @@ def test_many_waiters_are_forgotten_once_started(backend: RedisBackend, redis_cl
     assert reservations[-1].cancel() == 1
     assert redis_client.zcard(backend.bucket_keys("q")[1]) == 1498
     clock.advance(100)
-    bucket.snapshot()
-    assert bucket.try_acquire(1) is not None
+    assert bucket.snapshot().promised == 0
+    assert redis_client.zcard(backend.bucket_keys("q")[1]) == 1498  # a snapshot writes nothing
+    assert bucket.try_acquire(1) is not None  # a writer forgets what has started
     assert not redis_client.exists(*backend.bucket_keys("q")[1:])
+
+
+def test_a_snapshot_of_an_unknown_bucket_creates_nothing(backend: RedisBackend, redis_client: redis.Redis) -> None:
+    bucket = TokenBucket("never", "5/minute", backend=backend, clock=ManualClock())
+    assert bucket.snapshot().tokens == 5
+    assert not redis_client.exists(*backend.bucket_keys("never"))
 
 
 # ------------------------------------------------------------------ lost state
@@ -217,7 +226,9 @@ def test_server_clock_is_used_without_a_clock(backend: RedisBackend, redis_clien
     bucket = TokenBucket("srv", "10/minute", backend=backend)
     assert [bucket.try_acquire() is not None for _ in range(11)] == [True] * 10 + [False]
     sec, usec = redis_client.time()
-    updated = float(redis_client.hget(backend.bucket_keys("srv")[0], "u") or 0)
+    state = parse_state(redis_client.get(backend.bucket_keys("srv")[0]))
+    assert state is not None
+    updated = state["updated"]
     assert abs(updated - (sec + usec / 1e6)) < 60  # stamped with Redis TIME, not the monotonic clock
 
 
@@ -252,11 +263,13 @@ def test_a_server_error_is_a_backend_error_even_when_allowing(
     redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     backend = RedisBackend(redis_client, prefix=redis_prefix, on_unavailable="allow")
-    redis_client.set(backend.bucket_keys("wrong")[0], "not a hash", ex=60)
+    redis_client.set(backend.bucket_keys("wrong")[0], "not a bucket", ex=60)
     bucket = TokenBucket("wrong", "5/minute", backend=backend, clock=ManualClock())
     with pytest.raises(BackendError, match="reserve on 'wrong'") as info:
         bucket.try_acquire()
     assert isinstance(info.value.__cause__, redis.ResponseError)
+    assert "does not hold the state of a bucket" in str(info.value)
+    assert redis_client.get(backend.bucket_keys("wrong")[0]) == b"not a bucket"  # never overwritten
 
 
 # ------------------------------------------------------------------ one command per operation

@@ -382,10 +382,12 @@ class _BucketBase(Listened):
             return
         self._note_debt(snap)
 
-    def _plain_ticket(self, cost: object, timeout: object, op: object) -> tuple[float, int | None] | None:
-        """Reserve a plain request and return ``(delay, rid)``, or None when it needs the full flow.
+    def _plain_ticket(
+        self, cost: object, timeout: object, op: object, units: object
+    ) -> tuple[int, float, int | None] | None:
+        """Reserve a plain request and return ``(cost, delay, rid)``, or None when it needs the full flow.
 
-        A plain request has a whole-number cost, no timeout and no ``op``, on a
+        A plain request has a whole-number cost (or the default, 1), no timeout, ``op`` or ``units``, on a
         bucket nobody listens to, whose store answers without awaiting: the
         flow would make exactly this one ``reserve`` call and decide nothing
         else, so the front ends skip its machinery (the common, hot case).
@@ -393,11 +395,14 @@ class _BucketBase(Listened):
         Raises:
             AcquireTimeout: the store refused (a Redis backend with ``on_unavailable="deny"``).
         """
+        if cost is ESTIMATE:
+            cost = 1  # what _price makes of it when there is no op (checked below)
         if (
             type(cost) is int
             and cost >= 0
             and timeout is None
             and op is None
+            and units == 1
             and self._events is None
             and not self._awaits_store
         ):
@@ -405,7 +410,7 @@ class _BucketBase(Listened):
             admitted, seconds, rid = ticket
             if not admitted:
                 raise AcquireTimeout(cost, math.inf, seconds)
-            return seconds, rid
+            return cost, seconds, rid
         return None
 
     def _grant(self, cost: float, waited: float) -> Grant | AsyncGrant:
@@ -590,14 +595,14 @@ class TokenBucket(_BucketBase):
                 not a number; ``op`` without a cost model, or unknown to it.
             BackendError: the store failed.
         """
-        ticket = self._plain_ticket(cost, timeout, op)
+        ticket = self._plain_ticket(cost, timeout, op, units)
         if ticket is None:
             result: Grant = _run(self, self._acquire_flow(cost, timeout, op, units))
             return result
-        delay, rid = ticket
+        plain, delay, rid = ticket
         if delay == 0.0:
-            return Grant(self, cost, 0.0)  # type: ignore[arg-type]
-        return Reservation(self, cost, delay, rid, self._clock.now()).wait()  # type: ignore[arg-type]
+            return Grant(self, plain, 0.0)
+        return Reservation(self, plain, delay, rid, self._clock.now()).wait()
 
     def try_acquire(self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1) -> Grant | None:
         """Take ``cost`` tokens if the request may start now; never blocks.
@@ -683,14 +688,14 @@ class AsyncTokenBucket(_BucketBase):
         self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
     ) -> AsyncGrant:
         """See `TokenBucket.acquire`; task cancellation refunds the cost."""
-        ticket = self._plain_ticket(cost, timeout, op)
+        ticket = self._plain_ticket(cost, timeout, op, units)
         if ticket is None:
             result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout, op, units))
             return result
-        delay, rid = ticket
+        plain, delay, rid = ticket
         if delay == 0.0:
-            return AsyncGrant(self, cost, 0.0)  # type: ignore[arg-type]
-        return await AsyncReservation(self, cost, delay, rid, self._clock.now()).wait()  # type: ignore[arg-type]
+            return AsyncGrant(self, plain, 0.0)
+        return await AsyncReservation(self, plain, delay, rid, self._clock.now()).wait()
 
     async def try_acquire(
         self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1

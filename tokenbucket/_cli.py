@@ -110,18 +110,17 @@ def _backend(args: argparse.Namespace) -> Any:
 
 def _stored_policy(backend: Any, name: str) -> dict[str, float]:
     """The policy fields stored with the bucket's state (empty when the bucket has no state)."""
-    from .backends._redis import map_redis_errors
+    from .backends._redis import map_redis_errors, parse_state
 
     key = backend.bucket_keys(name)[0]
-    fields = ("cap", "refill", "overdraft", "min_start", "initial")
     with map_redis_errors(f"reading the policy of bucket {name!r}", backend.client):
-        values = backend.client.hmget(key, fields)
-    found = {}
-    for field, value in zip(fields, values, strict=True):
-        if value is not None:
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            found[field] = math.inf if text == "inf" else float(text)
-    return found
+        raw = backend.client.get(key)
+    try:
+        state = parse_state(raw)
+    except ValueError as exc:
+        raise CommandError(f"bucket {name!r}: {exc}") from exc
+    policy = ("cap", "refill", "overdraft", "min_start", "initial")
+    return {} if state is None else {field: state[field] for field in policy}
 
 
 def _policy(backend: Any, args: argparse.Namespace) -> tuple[Policy, str]:
@@ -133,8 +132,6 @@ def _policy(backend: Any, args: argparse.Namespace) -> tuple[Policy, str]:
             f"bucket {args.name!r} has no state in Redis (never used, or idle and full so it expired), "
             "so its policy is not known: pass --rate (and --capacity, --overdraft if they differ from the defaults)"
         )
-    if stored and {"cap", "refill"} - stored.keys():
-        raise CommandError(f"bucket {args.name!r} has an incomplete stored policy: {stored}")
     try:
         rate = Rate.coerce(args.rate) if args.rate is not None else Rate(stored["refill"], 1.0)
         capacity = args.capacity if args.capacity is not None else stored.get("cap")

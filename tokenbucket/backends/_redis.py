@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import struct
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     SyncClient = redis.Redis | redis.cluster.RedisCluster
     AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
-__all__ = ["AsyncRedisBackend", "OnUnavailable", "RedisBackend", "lua_source", "map_redis_errors"]
+__all__ = ["AsyncRedisBackend", "OnUnavailable", "RedisBackend", "lua_source", "map_redis_errors", "parse_state"]
 
 OnUnavailable = Literal["raise", "allow", "deny"]
 """What ``reserve`` does when Redis cannot be reached; see `RedisBackend`."""
@@ -54,7 +55,8 @@ def lua_source(name: str) -> str:
     """The text of the Lua script ``lua/<name>.lua`` shipped with the package.
 
     A ``bucket_*`` script is returned with the shared prelude ``bucket.lua``
-    in front of it, ready for ``SCRIPT LOAD``.
+    in front of it, ready for ``SCRIPT LOAD``, and before that the line
+    setting the prelude's ``WRITES`` (false only for ``bucket_snapshot``).
 
     Raises:
         FileNotFoundError: there is no such script.
@@ -62,8 +64,40 @@ def lua_source(name: str) -> str:
     folder = resources.files("tokenbucket.backends").joinpath("lua")
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
     if name.startswith("bucket_"):
-        text = folder.joinpath("bucket.lua").read_text(encoding="utf-8") + "\n" + text
+        writes = "false" if name == "bucket_snapshot" else "true"
+        prelude = folder.joinpath("bucket.lua").read_text(encoding="utf-8")
+        text = f"local WRITES = {writes}\n{prelude}\n{text}"
     return text
+
+
+_POLICY = struct.Struct("<6d")
+"""A policy as the bucket scripts take it (ARGV[2], see ``lua/bucket.lua``)."""
+
+_STATE = struct.Struct("<10d")
+_STATE_FIELDS = (
+    *("tokens", "updated", "last_id", "last_start"),
+    *("cap", "refill", "overdraft", "min_start", "initial", "idle_ms"),  # the policy, as in ARGV[2]
+)
+
+
+def parse_state(raw: bytes | None) -> dict[str, float] | None:
+    """The fields of a bucket key's value (``{<prefix><name>}:bucket``, see ``lua/bucket.lua``); None if missing.
+
+    The fields are ``tokens``, ``updated``, ``last_id``, ``last_start`` (absent
+    when no reservation waits), and the policy: ``cap``, ``refill``,
+    ``overdraft``, ``min_start``, ``initial``, ``idle_ms``. For operators (the CLI).
+
+    Raises:
+        ValueError: ``raw`` is not a bucket's state.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, bytes) or len(raw) != _STATE.size:
+        raise ValueError(f"not the state of a tokenbucket bucket ({_STATE.size} bytes): {raw[:100]!r}")
+    state = dict(zip(_STATE_FIELDS, _STATE.unpack(raw), strict=True))
+    if state["last_start"] == -math.inf:
+        del state["last_start"]
+    return state
 
 
 def describe_server(client: Any) -> str:
@@ -190,7 +224,7 @@ class _RedisCommon:
         self._prefix = prefix
         self._on_unavailable: OnUnavailable = on_unavailable
         self._idle_ttl = idle
-        self._idle_ms = str(math.ceil(idle * 1000))
+        self._idle_ms = math.ceil(idle * 1000)
         self._owns_client = owns_client
         self._scripts: dict[str, Any] = {}
         self._keys: dict[str, tuple[str, str, str]] = {}
@@ -253,15 +287,14 @@ class _RedisCommon:
 
     def _args(self, policy: Policy, now: float | None, *extra: bytes) -> list[bytes]:
         """ARGV for a bucket script (see ``lua/bucket.lua``), encoded once so redis-py sends them as they are."""
-        head = self._policies.get(policy)
-        if head is None:
-            debt = "inf" if math.isinf(policy.overdraft) else repr(policy.overdraft)
-            fields = (policy.capacity, policy.refill, debt, policy.min_start, policy.initial)
-            head = " ".join([*(f if isinstance(f, str) else repr(f) for f in fields), self._idle_ms]).encode()
+        packed = self._policies.get(policy)
+        if packed is None:
+            fields = (policy.capacity, policy.refill, policy.overdraft, policy.min_start, policy.initial)
+            packed = _POLICY.pack(*fields, self._idle_ms)
             if len(self._policies) >= _CACHE_LIMIT:
                 self._policies.clear()
-            self._policies[policy] = head
-        return [b"" if now is None else repr(float(now)).encode(), head, *extra]
+            self._policies[policy] = packed
+        return [b"" if now is None else repr(float(now)).encode(), packed, *extra]
 
     def _reserve_args(self, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> list[bytes]:
         policy.check(cost)  # CostExceedsCapacity before any round trip: nothing charged
@@ -295,8 +328,14 @@ class _RedisCommon:
             _log.warning("Redis reachable again: %s", describe_server(self._client))
 
 
+_AT_ONCE: Ticket = (True, 0.0, None)
+_AT_ONCE_REPLIES = (b"1 0 0", "1 0 0")
+
+
 def _ticket(reply: Any) -> Ticket:
     """A `Ticket` from ``bucket_reserve``'s ``"<admitted> <seconds> <id>"`` (bytes, or str when decoding)."""
+    if reply in _AT_ONCE_REPLIES:  # the common reply, without parsing
+        return _AT_ONCE
     admitted, seconds, rid = reply.split()
     return admitted in (b"1", "1"), float(seconds), (int(rid) or None)
 

@@ -4,8 +4,6 @@
 -- ARGV[3]  the reservation id (from bucket_reserve)
 -- Reply: the tokens refunded, one string ("0" when it had started, was cancelled, or is unknown)
 
-load(true)
-advance(true)
 local refunded = 0
 local member = ARGV[3]
 if last_start and call('ZREM', Q, member) == 1 then
@@ -18,4 +16,4 @@ if last_start and call('ZREM', Q, member) == 1 then
   last_start = last[2] and tonumber(last[2]) or nil
 end
 save()
-return fmt(refunded)
+return sformat('%.17g', refunded)

@@ -8,19 +8,18 @@
 --   seconds   the delay until the start (admitted) or until it could start (not admitted)
 --   id        the reservation's id when it has to wait (pass it to bucket_cancel), else 0
 
-local cost = num(ARGV[3])
-local max_wait = ARGV[4] ~= '' and num(ARGV[4]) or nil
-load(true)
-advance(true)
+local cost = tonumber(ARGV[3])
+local max_wait = ARGV[4] ~= '' and tonumber(ARGV[4]) or nil
 local t0 = updated
-local level = start_level(cost)
+local level = cost -- the level the balance must reach to start (Policy.start_level)
+if debt ~= 0 then level = math.max(min_start, cost - debt) end
 local start = t0
 if tokens < level then start = t0 + (level - tokens) / refill end
 if last_start and last_start > start then start = last_start end -- never ahead of an earlier reservation
 local delay = math.max(0, start - now)
 if max_wait and delay > max_wait then
   save()
-  return '0 ' .. fmt(delay) .. ' 0'
+  return '0 ' .. sformat('%.17g', delay) .. ' 0'
 end
 tokens = tokens - cost
 local id = 0
@@ -35,5 +34,6 @@ if start > t0 then
   save(true)
 else
   save()
+  if delay == 0 then return '1 0 0' end -- the common case, without formatting
 end
-return '1 ' .. fmt(delay) .. ' ' .. sformat('%d', id)
+return '1 ' .. sformat('%.17g', delay) .. ' ' .. sformat('%d', id)

@@ -4,10 +4,8 @@
 -- ARGV[3]  delta (may be negative; a charge may take the balance below -overdraft)
 -- Reply: "<tokens> <promised>" after settling, one string
 
-local delta = num(ARGV[3])
-load(true)
-advance(true)
+local delta = tonumber(ARGV[3])
 tokens = tokens - delta
 if delta < 0 then tokens = math.min(cap, tokens) end
 save()
-return fmt(tokens) .. ' ' .. fmt(promised())
+return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', promised())

@@ -3,11 +3,9 @@
 -- KEYS, ARGV[1..2]: see bucket.lua.
 -- Reply: "<tokens> <promised>", one string (a missing bucket reads as created now: `initial`, 0)
 
-load(false)
-advance(false)
 local p = 0
 if last_start then
-  local ids = call('ZRANGEBYSCORE', Q, '(' .. fmt(now), '+inf')
+  local ids = call('ZRANGEBYSCORE', Q, '(' .. sformat('%.17g', now), '+inf')
   local costs = {}
   for i = 1, #ids, 1000 do
     local part = call('HMGET', C, unpack(ids, i, math.min(i + 999, #ids)))
@@ -15,4 +13,4 @@ if last_start then
   end
   p = total(costs)
 end
-return fmt(tokens) .. ' ' .. fmt(p)
+return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', p)

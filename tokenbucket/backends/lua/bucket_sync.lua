@@ -6,10 +6,8 @@
 -- ARGV[3]  remaining: the balance the upstream reports
 -- Reply: "<tokens> <promised>" after syncing, one string
 
-local remaining = num(ARGV[3])
-load(true)
-advance(true)
+local remaining = tonumber(ARGV[3])
 local p = promised()
 tokens = math.min(cap, remaining - p)
 save()
-return fmt(tokens) .. ' ' .. fmt(p)
+return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', p)
