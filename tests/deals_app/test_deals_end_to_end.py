@@ -40,6 +40,8 @@ def test_collector_fills_the_store_without_a_single_429(
     )
     assert status == 0, err
     assert "Summary" in out
+    # The balance is explained: what waiting calls hold, and the debt of calls already made.
+    assert "held by waiting calls" in out.split("Summary")[1]
     stats = server.stats()
     store = Store(db)
     counts = store.counts()

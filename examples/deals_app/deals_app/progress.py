@@ -59,6 +59,7 @@ class Progress:
             "tokens": snap.tokens,
             "capacity": snap.capacity,
             "debt": snap.debt,
+            "promised": snap.promised,
             "ttp": snap.time_to_positive,
             "upstream": None if reply is None else reply.tokens_left,
             "calls": c.keepa.calls,
@@ -78,7 +79,8 @@ class Progress:
             print(
                 f"[{s['wall']:5.1f}s | upstream +{format_duration(s['sim'])}] deals {n.deals}, "
                 f"recent {n.products_recent}, backfilled {n.products_full}, checked {n.restrictions}; "
-                f"tokens {s['tokens']:.0f} (upstream {upstream}), debt {s['debt']:.0f}, "
+                f"tokens {s['tokens']:.0f} (upstream {upstream}), {s['promised']:.0f} held by waiting calls, "
+                f"debt {s['debt']:.0f}, "
                 f"positive in {format_duration(s['ttp'])}, calls {s['calls']}",
                 file=self.out,
                 flush=True,
@@ -94,8 +96,8 @@ class Progress:
             f"\x1b[1mdeals-app\x1b[0m  wall {s['wall']:5.1f} s   upstream time +{format_duration(s['sim'])}",
             f"  deals stored {n.deals:>6}   recent histories {n.products_recent:>6}   "
             f"backfilled {n.products_full:>6}   restriction checks {n.restrictions:>6}",
-            f"  tokens [{bar}] {s['tokens']:8.0f} / {s['capacity']:.0f}   debt {s['debt']:6.0f}   "
-            f"positive in {format_duration(s['ttp']):>8}   calls {s['calls']}",
+            f"  tokens [{bar}] {s['tokens']:8.0f} / {s['capacity']:.0f}   held by waiting calls {s['promised']:6.0f}   "
+            f"debt {s['debt']:6.0f}   positive in {format_duration(s['ttp']):>8}   calls {s['calls']}",
             f"  plan   {describe_plan(plan) if plan else '(none yet)'}",
         ]
         for job in ("update", "backfill", "restrictions"):
@@ -143,7 +145,8 @@ def summary_lines(
         ]
     snap = q.bucket.snapshot()
     lines.append(
-        f"  bucket now            {snap.tokens:.0f} tokens, debt {snap.debt:.0f}, "
+        f"  bucket now            {snap.tokens:.0f} tokens ({snap.promised:.0f} held by waiting calls), "
+        f"debt {snap.debt:.0f}, "
         f"positive in {format_duration(snap.time_to_positive)}"
     )
     if c.stats.errors:
