@@ -42,6 +42,7 @@ __all__ = [
     "Snapshot",
     "advance",
     "cancel",
+    "describe",
     "fresh",
     "refill_tokens",
     "reserve",
@@ -339,8 +340,11 @@ def sync(state: BucketState, policy: Policy, now: float, remaining: float) -> Bu
 def snapshot(state: BucketState, policy: Policy, now: float) -> Snapshot:
     """Describe the bucket at ``now``."""
     s = advance(state, policy, now)
-    promised = s.promised
-    tokens = s.tokens
+    return describe(s.tokens, s.promised, policy)
+
+
+def describe(tokens: float, promised: float, policy: Policy) -> Snapshot:
+    """The `Snapshot` of a bucket whose balance is ``tokens`` with ``promised`` held by waiting reservations."""
     return Snapshot(
         tokens=tokens,
         promised=promised,

@@ -19,7 +19,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import BackendError, ConfigurationError
-from .._model import Policy, Snapshot
+from .._model import Policy, Snapshot, describe
 from .._validate import check_nonnegative, check_positive
 from ._base import Ticket
 from ._redis_lease import AsyncRedisLeaseStore, RedisLeaseStore
@@ -341,20 +341,9 @@ def _ticket(reply: Any) -> Ticket:
 
 
 def _describe(reply: Any, policy: Policy) -> Snapshot:
-    """A `Snapshot` from a script's ``"<tokens> <promised>"``, with the formulas of ``_model.snapshot``."""
-    text, more = reply.split()
-    tokens = float(text)
-    promised = float(more)
-    return Snapshot(
-        tokens=tokens,
-        promised=promised,
-        debt=max(0.0, -(tokens + promised)),
-        time_to_positive=max(0.0, -tokens) / policy.refill,
-        time_to_full=max(0.0, policy.capacity - tokens) / policy.refill,
-        capacity=policy.capacity,
-        rate=policy.rate,
-        overdraft=policy.overdraft,
-    )
+    """A `Snapshot` from a script's ``"<tokens> <promised>"``."""
+    tokens, promised = reply.split()
+    return describe(float(tokens), float(promised), policy)
 
 
 class RedisBackend(RedisLeaseStore, _RedisCommon):
