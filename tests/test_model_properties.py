@@ -224,15 +224,21 @@ class Reference:
     def cancel(self, rid: int) -> Q:
         if rid not in self.pending:
             return Q(0)
-        _, cost = self.pending.pop(rid)
-        new = min(self.capacity, self.tokens + cost)
+        start, cost = self.pending.pop(rid)
+        # What is left of the refund when the last remaining reservation starts: a full bucket stops refilling.
+        last = max((s for s, _ in self.pending.values()), default=start)
+        give = max(Q(0), cost - max(Q(0), last - start) * self.rate)
+        new = max(self.tokens, min(self.capacity, self.tokens + give))
         refunded, self.tokens = new - self.tokens, new
         return refunded
 
     def settle(self, delta: Q) -> None:
-        self.tokens -= delta
-        if delta < 0:
-            self.tokens = min(self.capacity, self.tokens)
+        if delta >= 0:
+            self.tokens -= delta
+            return
+        last = max((s for s, _ in self.pending.values()), default=self.now)
+        give = max(Q(0), -delta - (last - self.now) * self.rate)
+        self.tokens = max(self.tokens, min(self.capacity, self.tokens + give))
 
     def sync(self, remaining: Q) -> None:
         self.tokens = min(self.capacity, remaining - sum((c for _, c in self.pending.values()), Q(0)))

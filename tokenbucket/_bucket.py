@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -20,7 +21,7 @@ from ._events import Listened, Listener
 from ._exceptions import AcquireTimeout, ConfigurationError, TokenBucketError
 from ._flow import Call as _Call
 from ._flow import adrive, drive
-from ._model import Policy, Snapshot
+from ._model import Policy, Snapshot, refundable
 from ._rate import Rate
 from ._validate import check_cost, check_name, check_timeout
 from .backends._base import AsyncBackend, Backend, Ticket
@@ -52,7 +53,7 @@ class _GrantBase:
 
     # ``_op`` and ``_units`` are set only for grants priced by a `CostModel`
     # (see `_priced`), so the plain-cost path does no extra work.
-    __slots__ = ("_bucket", "_charged", "_learned", "_op", "_units", "cost", "waited")
+    __slots__ = ("_bucket", "_charged", "_learned", "_op", "_started", "_units", "cost", "waited")
     _learned: bool
     _op: str
     _units: float
@@ -60,6 +61,7 @@ class _GrantBase:
     def __init__(self, bucket: _BucketBase, cost: float, waited: float) -> None:
         self._bucket = bucket
         self._charged = cost
+        self._started = bucket._clock.now()
         self.cost = cost
         self.waited = waited
 
@@ -87,6 +89,9 @@ class _GrantBase:
         actual = check_cost(actual_cost)
         delta = actual - self._charged
         bucket = self._bucket
+        if delta < 0:  # give back only what the upstream can still have (see _model.refundable)
+            age = max(0.0, bucket._clock.now() - self._started)
+            delta = -refundable(bucket.policy, -delta, actual, age)
         snap: Snapshot = yield _Call("settle", bucket.name, bucket.policy, delta, bucket._now())
         estimate = self._charged
         self._charged = actual
@@ -128,7 +133,14 @@ class Grant(_GrantBase):
 
         Idempotent: settling again with the same cost changes nothing, and a
         later settle replaces the earlier one. A charge may take the balance
-        below ``-overdraft``: it records what the upstream did. For a grant
+        below ``-overdraft``: it records what the upstream did. A refund gives
+        back only what the upstream can still hold: tokens a full bucket
+        could not have kept since the call started (at most ``rate`` per second
+        of the time since, less the actual cost), or that reservations already
+        waiting will need, are not returned, so a refund never lets a token be
+        spent twice. On a Redis backend the call's start is read on this
+        process's clock, so the refund can exceed the exact one by at most
+        ``rate`` × the round trip of the reserve and the settle. For a grant
         acquired with ``op=``, the first settle also teaches the bucket's
         `CostModel` (``observe(op, units, actual_cost)``), unless ``observe``
         is False: pass that for a call that never ran (refused, failed to send),
@@ -162,13 +174,17 @@ _G = TypeVar("_G", Grant, AsyncGrant)
 class _ReservationBase(Generic[_G]):
     """The data of a reservation; `Reservation` and `AsyncReservation` add ``wait`` and ``cancel``."""
 
-    __slots__ = ("_bucket", "_made", "_op", "_rid", "_state", "_units", "cost", "delay", "start")
+    __slots__ = ("_bucket", "_claimed", "_lock", "_made", "_op", "_rid", "_state", "_units", "cost", "delay", "start")
 
     def __init__(self, bucket: _BucketBase, cost: float, delay: float, rid: int | None, made: float) -> None:
         self._bucket = bucket
         self._rid = rid
         self._made = made
+        # One owner of the state: every change happens under this lock, so a
+        # reservation yields at most one grant and its refund is paid at most once.
+        self._lock = threading.Lock()
         self._state = "waiting"
+        self._claimed = False  # a wait() is in progress
         self._op: str | None = None
         self._units = 1.0
         self.cost = cost
@@ -184,10 +200,14 @@ class _ReservationBase(Generic[_G]):
         return f"{type(self).__name__}(cost={self.cost:g}, delay={self.delay:.6g}, state={self._state!r})"
 
     def _wait_flow(self) -> _Flow[_G]:
-        if self._state == "cancelled":
-            raise TokenBucketError("this reservation was cancelled; reserve again")
-        if self._state == "started":
-            raise TokenBucketError("this reservation already started; a reservation is waited for once")
+        with self._lock:
+            if self._state == "cancelled":
+                raise TokenBucketError("this reservation was cancelled; reserve again")
+            if self._state == "started":
+                raise TokenBucketError("this reservation already started; a reservation is waited for once")
+            if self._claimed:
+                raise TokenBucketError("this reservation is already being waited for; it yields one grant")
+            self._claimed = True
         bucket = self._bucket
         remaining = self.start - bucket._clock.now()
         if remaining > 0:
@@ -196,16 +216,20 @@ class _ReservationBase(Generic[_G]):
             except BaseException:
                 yield from self._cancel_flow()
                 raise
-        self._state = "started"
+        with self._lock:
+            if self._state == "cancelled":
+                raise TokenBucketError("this reservation was cancelled while it waited; no grant was made")
+            self._state = "started"
         grant = bucket._grant(self.cost, bucket._clock.now() - self._made)
         if bucket._events is not None:
             yield from bucket._granted_flow(grant.cost, grant.waited)
         return _priced(grant, self._op, self._units)  # type: ignore[return-value]
 
     def _cancel_flow(self) -> _Flow[float]:
-        if self._state != "waiting":
-            return 0.0
-        self._state = "cancelled"
+        with self._lock:
+            if self._state != "waiting":
+                return 0.0
+            self._state = "cancelled"
         bucket = self._bucket
         refunded: float = 0.0
         if self._rid is not None:

@@ -45,6 +45,7 @@ __all__ = [
     "describe",
     "fresh",
     "refill_tokens",
+    "refundable",
     "reserve",
     "settle",
     "snapshot",
@@ -101,7 +102,7 @@ class Policy:
         cap = rate.amount if capacity is None else check_positive("capacity", capacity)
         debt = check_nonnegative("overdraft", overdraft, allow_inf=True)
         start = check_nonnegative("min_start", min_start)
-        if start > cap:
+        if debt > 0 and start > cap:
             raise ConfigurationError(f"min_start {start:g} exceeds capacity {cap:g}: no request could ever start")
         if initial is None:
             init = cap
@@ -305,26 +306,61 @@ def reserve(
 
 
 def cancel(state: BucketState, policy: Policy, now: float, rid: int) -> Cancelled:
-    """Cancel reservation ``rid``; if it has not started, refund its cost (capped at capacity)."""
+    """Cancel reservation ``rid``; if it has not started, refund what no later reservation needs.
+
+    The reservations behind it keep their start times. Had the cancelled one
+    never been made, the upstream would have ``cost`` more tokens at its start,
+    but a full bucket stops refilling, so by the start of the last remaining
+    reservation at most ``cost - refill × (last - start)`` of them are still
+    there (Go's ``Reservation.Cancel``). Only that much is given back, so a
+    refund never lets a new request start where the upstream would not have
+    the tokens. The last reservation in line gets its whole cost back.
+    """
     s = advance(state, policy, now)
     for i, p in enumerate(s.pending):
         if p.rid == rid:
-            tokens = min(policy.capacity, s.tokens + p.cost)
-            refunded = tokens - s.tokens
-            return Cancelled(BucketState(tokens, s.updated, s.pending[:i] + s.pending[i + 1 :]), refunded)
+            rest = s.pending[:i] + s.pending[i + 1 :]
+            give = p.cost
+            if rest and rest[-1].start > p.start:
+                give = max(0.0, give - (rest[-1].start - p.start) * policy.refill)
+            tokens = min(policy.capacity, s.tokens + give)
+            refunded = max(0.0, tokens - s.tokens)
+            return Cancelled(BucketState(max(tokens, s.tokens), s.updated, rest), refunded)
     return Cancelled(s, 0.0)
 
 
-def settle(state: BucketState, policy: Policy, now: float, delta: float) -> BucketState:
-    """Charge ``delta`` more tokens (or refund ``-delta``, capped at capacity) after a call.
+def refundable(policy: Policy, overpaid: float, actual: float, age: float) -> float:
+    """How much of ``overpaid`` a settle may give back, ``age`` seconds after the call started.
 
-    A charge may take the balance below ``-overdraft``: it records what the upstream did.
+    The call was charged ``actual + overpaid`` when it started; the upstream
+    charged ``actual``. The upstream's balance has been the higher by
+    ``overpaid`` ever since, except while it sat at capacity (a full bucket
+    stops refilling). It started at most at ``capacity - actual`` and refills
+    at ``refill``, so it can have been full for at most ``age - actual / refill``
+    seconds, losing at most ``refill`` tokens of the difference per second.
+    """
+    if overpaid <= 0.0:
+        return 0.0
+    lost = max(0.0, age * policy.refill - actual)
+    return max(0.0, overpaid - lost)
+
+
+def settle(state: BucketState, policy: Policy, now: float, delta: float) -> BucketState:
+    """Charge ``delta`` more tokens after a call, or refund ``-delta``.
+
+    A charge may take the balance below ``-overdraft``: it records what the
+    upstream did. A refund (see `refundable` for how much a call may claim)
+    is capped at capacity, and while reservations wait it gives back only what
+    is left of it when the last of them starts, as `cancel` does: the tokens
+    may be gone to a full bucket by then.
     """
     s = advance(state, policy, now)
-    tokens = s.tokens - delta
-    if delta < 0:
-        tokens = min(policy.capacity, tokens)
-    return BucketState(tokens, s.updated, s.pending)
+    if delta >= 0:
+        return BucketState(s.tokens - delta, s.updated, s.pending)
+    give = -delta
+    if s.pending:
+        give = max(0.0, give - (s.pending[-1].start - s.updated) * policy.refill)
+    return BucketState(max(s.tokens, min(policy.capacity, s.tokens + give)), s.updated, s.pending)
 
 
 def sync(state: BucketState, policy: Policy, now: float, remaining: float) -> BucketState:

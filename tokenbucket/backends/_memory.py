@@ -70,15 +70,23 @@ class MemoryBackend(MemoryLeaseStore):
         return len(self._slots)
 
     def _slot(self, key: str, policy: Policy, now: float) -> _Slot:
+        """The slot of ``key``, created if missing; it remembers ``policy``, the one last used on it."""
         slot = self._slots.get(key)
         if slot is None:
             if len(self._slots) >= self._sweep_at:
                 self._sweep(now)
             slot = self._slots[key] = _Slot(_model.fresh(policy, now), policy)
+        else:
+            slot.policy = policy
         return slot
 
     def _sweep(self, now: float) -> None:
-        """Drop idle full buckets. Amortized O(1) per bucket created."""
+        """Drop idle full buckets. Amortized O(1) per bucket created.
+
+        A bucket is dropped only when it is provably full under the policy last
+        used on it (a sync that changed the rate counts), so recreating it
+        later gives back exactly the state it had.
+        """
         idle = [
             key
             for key, s in self._slots.items()
@@ -98,6 +106,8 @@ class MemoryBackend(MemoryLeaseStore):
             slot = self._slots.get(key)
             if slot is None:
                 slot = self._slot(key, policy, now)
+            elif slot.policy is not policy:
+                slot.policy = policy
             if not slot.pending:
                 left = try_take(slot.tokens, slot.updated, now, cost, policy)
                 if left is not None:

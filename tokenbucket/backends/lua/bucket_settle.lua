@@ -1,11 +1,17 @@
--- bucket_settle: charge `delta` more after a call, or refund -delta capped at capacity (model.settle).
+-- bucket_settle: charge `delta` more after a call, or refund -delta capped at capacity; while
+-- reservations wait, only what is left of the refund when the last of them starts (model.settle).
 --
 -- KEYS, ARGV[1..2]: see bucket.lua.
 -- ARGV[3]  delta (may be negative; a charge may take the balance below -overdraft)
 -- Reply: "<tokens> <promised>" after settling, one string
 
 local delta = tonumber(ARGV[3])
-tokens = tokens - delta
-if delta < 0 then tokens = math.min(cap, tokens) end
+if delta >= 0 then
+  tokens = tokens - delta
+else
+  local give = -delta
+  if last_start then give = math.max(0, give - (last_start - updated) * refill) end
+  tokens = math.max(tokens, math.min(cap, tokens + give))
+end
 save()
 return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', promised())
