@@ -18,8 +18,8 @@ from importlib import resources
 from typing import Any
 
 from .._exceptions import ConfigurationError
-from . import _redis
 from ._lease_base import LeaseInfo, LeaseOwner, LeaseReply
+from ._redis_errors import map_redis_errors
 
 __all__ = ["AsyncRedisLeaseStore", "RedisLeaseStore", "lease_source"]
 
@@ -124,7 +124,7 @@ class RedisLeaseStore(_LeaseKeys):
     """`tokenbucket.backends.LeaseBackend` on a synchronous redis-py client (mixed into `RedisBackend`)."""
 
     def _run(self, script: str, keys: list[str], args: list[str], operation: str) -> Any:
-        with _redis.map_redis_errors(operation, self._client):
+        with map_redis_errors(operation, self._client):
             return self._lease_script(script)(keys, args)
 
     def lease_acquire(self, name: str, token: str, ttl: float, owner: LeaseOwner) -> LeaseReply:
@@ -155,7 +155,7 @@ class RedisLeaseStore(_LeaseKeys):
     def lease_list(self) -> list[LeaseInfo]:
         """See `tokenbucket.backends.LeaseBackend.lease_list`: SCAN (never KEYS), then inspect each."""
         found: list[LeaseInfo] = []
-        with _redis.map_redis_errors("listing leases", self._client):
+        with map_redis_errors("listing leases", self._client):
             keys = list(self._client.scan_iter(match=self._lease_pattern(), count=_SCAN_COUNT))
             for key in sorted({_text(k) for k in keys}):
                 reply = self._lease_script("inspect")([key], [])
@@ -166,7 +166,7 @@ class RedisLeaseStore(_LeaseKeys):
     def lease_wait(self, name: str, timeout: float) -> bool:
         """See `tokenbucket.backends.LeaseBackend.lease_wait`: BLPOP on the signal list."""
         signal = self.lease_keys(name)[2]
-        with _redis.map_redis_errors(f"waiting for lease {name!r}", self._client):
+        with map_redis_errors(f"waiting for lease {name!r}", self._client):
             return self._client.blpop([signal], timeout=self._wait_seconds(timeout)) is not None
 
 
@@ -174,7 +174,7 @@ class AsyncRedisLeaseStore(_LeaseKeys):
     """`tokenbucket.backends.AsyncLeaseBackend` on a ``redis.asyncio`` client (mixed into `AsyncRedisBackend`)."""
 
     async def _run(self, script: str, keys: list[str], args: list[str], operation: str) -> Any:
-        with _redis.map_redis_errors(operation, self._client):
+        with map_redis_errors(operation, self._client):
             return await self._lease_script(script)(keys, args)
 
     async def lease_acquire(self, name: str, token: str, ttl: float, owner: LeaseOwner) -> LeaseReply:
@@ -206,7 +206,7 @@ class AsyncRedisLeaseStore(_LeaseKeys):
     async def lease_list(self) -> list[LeaseInfo]:
         """See `tokenbucket.backends.LeaseBackend.lease_list`: SCAN (never KEYS), then inspect each."""
         found: list[LeaseInfo] = []
-        with _redis.map_redis_errors("listing leases", self._client):
+        with map_redis_errors("listing leases", self._client):
             keys = [k async for k in self._client.scan_iter(match=self._lease_pattern(), count=_SCAN_COUNT)]
             for key in sorted({_text(k) for k in keys}):
                 reply = await self._lease_script("inspect")([key], [])
@@ -217,5 +217,5 @@ class AsyncRedisLeaseStore(_LeaseKeys):
     async def lease_wait(self, name: str, timeout: float) -> bool:
         """See `tokenbucket.backends.LeaseBackend.lease_wait`: BLPOP on the signal list."""
         signal = self.lease_keys(name)[2]
-        with _redis.map_redis_errors(f"waiting for lease {name!r}", self._client):
+        with map_redis_errors(f"waiting for lease {name!r}", self._client):
             return await self._client.blpop([signal], timeout=self._wait_seconds(timeout)) is not None
