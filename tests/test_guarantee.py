@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import Upstream, replay
 
-from tokenbucket import AcquireTimeout, CostExceedsCapacity, TokenBucketError
+from tokenbucket import AcquireTimeout, CostExceedsCapacity, Rate, TokenBucketError
 from tokenbucket.testing import ManualClock
 
 Make = Callable[..., Any]
@@ -132,7 +132,7 @@ def test_every_start_is_affordable_upstream(
     kwargs: dict[str, Any] = {"capacity": capacity}
     if overdraft:
         kwargs.update(overdraft=overdraft, min_start=1)
-    bucket = make_bucket(f"{rate}/second", **kwargs)
+    bucket = make_bucket(Rate(rate, 1), **kwargs)
     born = clock.now()
     ledger = Ledger(bucket, clock)
     waiting: list[Any] = []
