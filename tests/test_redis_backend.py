@@ -100,7 +100,10 @@ def test_from_url_makes_a_client_that_it_closes(redis_url: str, redis_prefix: st
         assert bucket.try_acquire(1) is None
         pool = backend.client.connection_pool
         assert pool.connection_kwargs["socket_connect_timeout"] == 2.0
-    assert not pool._in_use_connections
+        assert isinstance(pool, redis.BlockingConnectionPool)  # busy callers wait for a connection
+        assert pool.max_connections == 100
+        assert pool._connections  # the bucket calls above used one
+    assert all(conn._sock is None for conn in pool._connections)  # closed with the backend
     assert repr(backend) == f"RedisBackend({redis_url}, prefix={redis_prefix!r})"
 
 

@@ -101,6 +101,10 @@ def parse_state(raw: bytes | None) -> dict[str, float] | None:
     return state
 
 
+_POOL_SIZE = 100
+"""Connections a client made by ``from_url`` opens at most; more callers wait for a free one."""
+
+
 def _client_options(
     socket_timeout: float, connect_timeout: float, options: dict[str, Any], *, cluster: bool, asyncio: bool
 ) -> dict[str, Any]:
@@ -110,6 +114,10 @@ def _client_options(
 
     defaults: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
     if not cluster:
+        # from_url builds a pool that waits for a free connection (bounded) instead of failing at once
+        # when every one is in use: many callers in one process are a busy client, not an outage.
+        defaults["max_connections"] = _POOL_SIZE
+        defaults["timeout"] = socket_timeout + connect_timeout  # the longest wait for a free connection
         # Retry once, at once, and only when the connection failed (a restarted server, a dropped idle
         # socket). A timeout is not retried: the script may have run, and running it twice would charge twice.
         if asyncio:
@@ -391,6 +399,11 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         waits at most ``connect_timeout`` to connect and ``socket_timeout`` for
         a reply, and retries once, at once, only when the connection failed
         (so a restarted server is picked up by the next call). `close` closes it.
+        Its pool holds up to 100 connections (``max_connections=`` changes
+        that); when all are in use a caller waits for a free one, up to
+        ``socket_timeout + connect_timeout`` seconds, and running out of that
+        wait is a `BackendError`, never "unreachable": ``on_unavailable``
+        applies only to a server that cannot be reached.
 
         Args:
             url: The server's URL.
@@ -417,7 +430,7 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         else:
             import redis
 
-            client = redis.Redis.from_url(url, **kwargs)
+            client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url, **kwargs))
         return cls(client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, _owns_client=True)
 
     @property
@@ -577,7 +590,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         else:
             import redis.asyncio
 
-            client = redis.asyncio.Redis.from_url(url, **kwargs)
+            client = redis.asyncio.Redis.from_pool(redis.asyncio.BlockingConnectionPool.from_url(url, **kwargs))
         return cls(client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, _owns_client=True)
 
     @property

@@ -85,4 +85,9 @@ def unreachable(exc: BaseException) -> bool:
     cause = exc.__cause__
     if isinstance(cause, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
         return False
+    # A busy client is not a server that is down: every connection of the pool is in use
+    # (MaxConnectionsError, or a blocking pool's wait that ran out, which redis-py raises as a
+    # plain ConnectionError with this message). Falling back here would fail open on a healthy server.
+    if isinstance(cause, redis.exceptions.MaxConnectionsError) or str(cause) == "No connection available.":
+        return False
     return isinstance(cause, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError))
