@@ -55,7 +55,7 @@ class TestPolicy:
             ({"capacity": math.nan}, "capacity"),
             ({"overdraft": -1}, "overdraft"),
             ({"overdraft": math.nan}, "overdraft"),
-            ({"min_start": 50, "capacity": 10}, "min_start"),
+            ({"min_start": 50, "capacity": 10, "overdraft": 5}, "min_start"),  # min_start counts only with an overdraft
             ({"min_start": -1}, "min_start"),
             ({"initial": 11, "capacity": 10}, "initial"),
             ({"initial": math.nan}, "initial"),
