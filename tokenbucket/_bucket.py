@@ -8,9 +8,11 @@ timeouts, refunds on interruption) are written once, in the flows.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import threading
+import warnings
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -23,7 +25,7 @@ from ._flow import Call as _Call
 from ._flow import adrive, drive
 from ._model import Policy, Snapshot, refundable
 from ._rate import Rate
-from ._validate import check_cost, check_name, check_timeout
+from ._validate import MAX_AMOUNT, check_amount, check_cost, check_name, check_timeout
 from .backends._base import AsyncBackend, Backend, Ticket
 from .backends._memory import MemoryBackend
 
@@ -86,7 +88,7 @@ class _GrantBase:
         return f"{type(self).__name__}(cost={self.cost:g}, waited={self.waited:.6g}, charged={self._charged:g})"
 
     def _settle_flow(self, actual_cost: float, observe: bool = True) -> _Flow[Snapshot]:
-        actual = check_cost(actual_cost)
+        actual = check_cost(actual_cost, "actual_cost")
         delta = actual - self._charged
         bucket = self._bucket
         if delta < 0:  # give back only what the upstream can still have (see _model.refundable)
@@ -315,19 +317,18 @@ class _BucketBase(Listened):
 
     _backend: Any
 
-    def __init__(
+    def _configure(
         self,
         name: str,
         rate: Rate | str,
-        *,
-        capacity: float | None = None,
-        overdraft: float = 0.0,
-        min_start: float = 1.0,
-        initial: float | None = None,
-        backend: Backend | AsyncBackend | None = None,
-        clock: Clock | None = None,
-        cost_model: CostModel | None = None,
-        listeners: Iterable[Listener] = (),
+        capacity: float | None,
+        overdraft: float,
+        min_start: float,
+        initial: float | None,
+        backend: Backend | AsyncBackend | None,
+        clock: Clock | None,
+        cost_model: CostModel | None,
+        listeners: Iterable[Listener],
     ) -> None:
         self.name = check_name(name)
         self.policy = Policy.build(rate, capacity, overdraft, min_start, initial)
@@ -423,7 +424,7 @@ class _BucketBase(Listened):
             cost = 1  # what _price makes of it when there is no op (checked below)
         if (
             type(cost) is int
-            and cost >= 0
+            and 0 <= cost <= MAX_AMOUNT
             and timeout is None
             and op is None
             and units == 1
@@ -492,12 +493,9 @@ class _BucketBase(Listened):
         return grant
 
     def _sync_flow(self, remaining: float, rate: Rate | str | None, status: int | None = None) -> _Flow[Snapshot]:
-        if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
-            raise TypeError(f"remaining must be a number, not {type(remaining).__name__}")
+        remaining = check_amount("remaining", remaining)
         if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
             raise TypeError(f"status must be an int (an HTTP status) or None, not {type(status).__name__}")
-        if not math.isfinite(remaining):
-            raise ConfigurationError(f"remaining must be a finite number, got {remaining!r}")
         policy = self.policy
         if rate is not None:
             new_rate = Rate.coerce(rate)
@@ -529,6 +527,13 @@ def _run(bucket: _BucketBase, flow: _Flow[_T]) -> _T:
 
     def perform(op: _Op) -> Any:
         if type(op) is _Sleep:
+            if op.seconds > 0 and isinstance(clock, SystemClock) and asyncio._get_running_loop() is not None:
+                warnings.warn(
+                    f"TokenBucket {bucket.name!r} is about to block this thread for {op.seconds:.3g} s inside a "
+                    "running event loop, stalling every task on it: use AsyncTokenBucket in async code",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
             return clock.sleep(op.seconds)
         return getattr(backend, op.method)(*op.args)  # type: ignore[union-attr]
 
@@ -588,6 +593,27 @@ class TokenBucket(_BucketBase):
 
     _backend: Backend
 
+    def __init__(
+        self,
+        name: str,
+        rate: Rate | str,
+        *,
+        capacity: float | None = None,
+        overdraft: float = 0.0,
+        min_start: float = 1.0,
+        initial: float | None = None,
+        backend: Backend | None = None,
+        clock: Clock | None = None,
+        cost_model: CostModel | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        self._configure(name, rate, capacity, overdraft, min_start, initial, backend, clock, cost_model, listeners)
+        if self._awaits_store:
+            raise TypeError(
+                f"TokenBucket needs a blocking backend, and {type(self._backend).__name__} is for asyncio: "
+                "use AsyncTokenBucket with it, or TokenBucket with RedisBackend.from_url(...)"
+            )
+
     def _grant(self, cost: float, waited: float) -> Grant:
         return Grant(self, cost, waited)
 
@@ -643,7 +669,7 @@ class TokenBucket(_BucketBase):
         if self._events is not None:  # listeners: the flow tells them; without, the fast path below
             charged: float | None = _run(self, self._try_flow(cost, op, units))
             return None if charged is None else _priced(Grant(self, charged, 0.0), op, float(units))
-        if type(cost) is not int or cost < 0 or op is not None:
+        if type(cost) is not int or not 0 <= cost <= MAX_AMOUNT or op is not None:
             cost = self._price(cost, op, units)
         if not self._backend.reserve(self.name, self.policy, cost, 0.0, self._stamp())[0]:
             return None
@@ -696,11 +722,33 @@ class AsyncTokenBucket(_BucketBase):
     """The asyncio twin of `TokenBucket`: the same arguments and methods, awaitable.
 
     It accepts a sync backend that never blocks (`MemoryBackend`) or an async
-    one (`RedisBackend` built on a ``redis.asyncio`` client). Cancelling a
-    waiting task refunds its reservation.
+    one (`AsyncRedisBackend`); a `RedisBackend` would block the event loop on
+    every call and is refused with a `TypeError`. Cancelling a waiting task
+    refunds its reservation.
     """
 
     _backend: Backend | AsyncBackend
+
+    def __init__(
+        self,
+        name: str,
+        rate: Rate | str,
+        *,
+        capacity: float | None = None,
+        overdraft: float = 0.0,
+        min_start: float = 1.0,
+        initial: float | None = None,
+        backend: Backend | AsyncBackend | None = None,
+        clock: Clock | None = None,
+        cost_model: CostModel | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        self._configure(name, rate, capacity, overdraft, min_start, initial, backend, clock, cost_model, listeners)
+        if not self._awaits_store and getattr(self._backend, "blocks_on_io", False):
+            raise TypeError(
+                f"AsyncTokenBucket would block the event loop on {type(self._backend).__name__}'s network calls: "
+                "use AsyncRedisBackend.from_url(...) with it, or TokenBucket with this backend"
+            )
 
     def _grant(self, cost: float, waited: float) -> AsyncGrant:
         return AsyncGrant(self, cost, waited)
@@ -746,4 +794,3 @@ class AsyncTokenBucket(_BucketBase):
         """See `TokenBucket.snapshot`."""
         result: Snapshot = await _arun(self, self._snapshot_flow())
         return result
-

@@ -30,13 +30,30 @@ class Clock(Protocol):
         ...
 
 
+# The longest single sleep asked of the OS: time.sleep refuses lengths past about 9e9 s (and
+# threading.TIMEOUT_MAX), while a bucket deep in debt can ask for a wait longer than that.
+_CHUNK = 1e9  # about 31 years
+
+
 class SystemClock:
     """The process's monotonic clock (`time.monotonic`), with real sleeps."""
 
     now = staticmethod(time.monotonic)
-    sleep = staticmethod(time.sleep)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        """Block the calling thread for ``seconds`` (`time.sleep`, in bounded chunks: any length works)."""
+        if seconds <= _CHUNK:
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, _CHUNK))
 
     @staticmethod
     async def asleep(seconds: float) -> None:
-        """Suspend the calling task for ``seconds`` (`asyncio.sleep`)."""
-        await asyncio.sleep(seconds)
+        """Suspend the calling task for ``seconds`` (`asyncio.sleep`, in bounded chunks: any length works)."""
+        chunks, rest = divmod(seconds, _CHUNK)
+        for _ in range(int(chunks)):
+            await asyncio.sleep(_CHUNK)
+        await asyncio.sleep(rest)

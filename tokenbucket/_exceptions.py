@@ -43,7 +43,11 @@ class TokenBucketError(Exception):
 class ConfigurationError(TokenBucketError, ValueError):
     """A policy or an argument has a value that can never work.
 
-    Raised before any state changes.
+    Raised before any state changes. Every number of tokens (a cost, a settled
+    cost, a reported balance, a capacity, a finite overdraft) must be finite and
+    at most ``1e15`` in size, far beyond any real quota: so no sum of them can
+    leave float range and a balance is never infinite. A number too large for a
+    float (``10**400``) is this error, never a raw `OverflowError`.
     """
 
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from ._exceptions import ConfigurationError, CostExceedsCapacity
 from ._rate import Rate
-from ._validate import check_nonnegative, check_positive
+from ._validate import check_amount, check_cost, check_nonnegative, check_positive
 
 __all__ = [
     "BucketState",
@@ -99,21 +99,19 @@ class Policy:
             TypeError: a value has the wrong type.
         """
         rate = Rate.coerce(rate)
-        cap = rate.amount if capacity is None else check_positive("capacity", capacity)
+        cap = check_cost(rate.amount if capacity is None else check_positive("capacity", capacity), "capacity")
         debt = check_nonnegative("overdraft", overdraft, allow_inf=True)
+        if not math.isinf(debt):
+            check_cost(debt, "overdraft")
         start = check_nonnegative("min_start", min_start)
         if debt > 0 and start > cap:
             raise ConfigurationError(f"min_start {start:g} exceeds capacity {cap:g}: no request could ever start")
         if initial is None:
             init = cap
         else:
-            if isinstance(initial, bool) or not isinstance(initial, (int, float)):
-                raise TypeError(f"initial must be a number, not {type(initial).__name__}")
-            init = float(initial)
-            if not math.isfinite(init) or init > cap:
-                raise ConfigurationError(
-                    f"initial must be a finite number no greater than capacity {cap:g}, got {initial!r}"
-                )
+            init = check_amount("initial", initial)
+            if init > cap:
+                raise ConfigurationError(f"initial must be no greater than capacity {cap:g}, got {initial!r}")
         return cls(rate, float(cap), debt, start, init, rate.per_second)
 
     @property

@@ -6,13 +6,44 @@ import math
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["check_cost", "check_name", "check_nonnegative", "check_positive", "check_timeout"]
+__all__ = [
+    "MAX_AMOUNT",
+    "check_amount",
+    "check_cost",
+    "check_name",
+    "check_nonnegative",
+    "check_positive",
+    "check_timeout",
+]
+
+#: The largest number of tokens any one value may name (a cost, a capacity, a
+#: finite overdraft, a reported balance). Far beyond any real quota, and small
+#: enough that no sum of such values in a bucket's life leaves float range, so a
+#: balance can never become infinite.
+MAX_AMOUNT = 1e15
 
 
 def _number(what: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number, not {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigurationError(f"{what} is too large to be a number of tokens or seconds, got {value!r}") from None
+
+
+def _bounded(what: str, number: float, value: object) -> float:
+    if abs(number) > MAX_AMOUNT:
+        raise ConfigurationError(f"{what} must be at most {MAX_AMOUNT:g} in size, got {value!r}")
+    return number
+
+
+def check_amount(what: str, value: object) -> float:
+    """A number of tokens that may be negative (a reported balance): finite, at most `MAX_AMOUNT` in size."""
+    number = _number(what, value)
+    if not math.isfinite(number):
+        raise ConfigurationError(f"{what} must be a finite number, got {value!r}")
+    return _bounded(what, number, value)
 
 
 def check_positive(what: str, value: object) -> float:
@@ -32,11 +63,11 @@ def check_nonnegative(what: str, value: object, *, allow_inf: bool = False) -> f
     return number
 
 
-def check_cost(value: object) -> float:
-    """A request cost: finite, zero or more."""
-    if type(value) is int and value >= 0:  # the common case, checked cheaply
+def check_cost(value: object, what: str = "cost") -> float:
+    """A request cost: finite, zero or more, at most `MAX_AMOUNT`."""
+    if type(value) is int and 0 <= value <= MAX_AMOUNT:  # the common case, checked cheaply
         return value
-    return check_nonnegative("cost", value)
+    return _bounded(what, check_nonnegative(what, value), value)
 
 
 def check_timeout(value: object) -> float | None:

@@ -360,6 +360,9 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         ConfigurationError: ``prefix``, ``on_unavailable`` or ``idle_ttl`` has a bad value.
     """
 
+    blocks_on_io = True
+    """Every call waits on the network: `tokenbucket.AsyncTokenBucket` refuses it (use `AsyncRedisBackend`)."""
+
     def __init__(
         self,
         client: SyncClient,
