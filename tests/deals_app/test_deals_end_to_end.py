@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,3 +107,22 @@ def test_demo_runs_and_ends_with_a_summary(cli: Callable[..., tuple[int, str, st
     assert "Summary:" in out
     assert "upstream 429s" in out
     assert "deals stored" in out
+
+
+def test_demo_summary_counts_keepa_and_sp_api_apart_and_explains_the_balance(
+    cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    status, out, err = cli("demo", "--duration", "3", "--db", str(tmp_path / "demo.sqlite"), "--plain")
+    assert status == 0, err
+    summary = out[out.index("Summary:") :]
+    requests = re.search(r"upstream requests +(\d+) Keepa \(charged (\d+) tokens\), (\d+) SP-API", summary)
+    assert requests is not None, summary
+    keepa, sp = int(requests.group(1)), int(requests.group(3))
+    calls = int(re.search(r"Keepa calls +(\d+)", summary).group(1))  # type: ignore[union-attr]
+    checks = int(re.search(r"SP-API calls +(\d+)", summary).group(1))  # type: ignore[union-attr]
+    assert keepa == calls + 1  # the collector's calls and its start-up /token probe
+    assert sp == checks
+    assert "lowest Keepa balance" in summary
+    assert "just after charging" in summary
+    assert "at most 300 of debt at its estimated cost" in summary
+    assert "none started beyond the policy" in summary or "refused (429)" in summary

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .catalog import to_unix_ms
-from .quota import format_duration
 from .leases import LeaseView
+from .quota import format_duration
 from .serving import LocalServer
 from .store import Store
 
@@ -30,7 +30,8 @@ table { border-collapse: collapse; background: #fff; } th, td { padding: 4px 10p
 th { text-align: left; background: #f0f2f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .down { color: #0a7d32; } .restricted { color: #b3261e; }
 svg { background: #fff; border: 1px solid #e3e6ea; }
-.legend { list-style: none; padding: 0; margin: 6px 0; color: #687385; } .legend li { display: inline-block; margin-right: 18px; }
+.legend { list-style: none; padding: 0; margin: 6px 0; color: #687385; }
+.legend li { display: inline-block; margin-right: 18px; }
 .swatch { display: inline-block; width: 18px; height: 10px; margin-right: 6px; vertical-align: middle; }
 .swatch.dashed { height: 0; border-top: 2px dashed #b3261e; }
 """

@@ -127,7 +127,9 @@ def summary_lines(
         f"{c.store.checkpoint('backfill')[0]})",
         f"  price points          {n.price_points}",
         f"  restriction checks    {n.restrictions} ({n.restricted} restricted)",
-        f"  Keepa calls           {c.keepa.calls}",
+        f"  Keepa calls           {c.keepa.calls} by the collector",
+        f"  SP-API calls          {c.stats.restriction_checks + c.stats.sp_retries} restriction checks "
+        f"(retries included)",
     ]
     learned = []
     for op in ("product", "product_history", "deal"):
@@ -137,11 +139,25 @@ def summary_lines(
             continue
     lines.append(f"  learned cost per unit {', '.join(learned)} (prior 20 an ASIN, 5 a deal page)")
     if sim_stats is not None:
+        keepa_requests = sim_stats["requests"] - sim_stats["sp_requests"]
+        keepa_429_text = (
+            "no call was refused (0 Keepa 429s), so none started beyond the policy"
+            if sim_stats["keepa_429"] == 0
+            else f"{sim_stats['keepa_429']} calls found Keepa at or below zero and were refused (429)"
+        )
         lines += [
-            f"  upstream charged      {sim_stats['tokens_charged']} tokens over {sim_stats['requests']} requests",
+            f"  upstream requests     {keepa_requests} Keepa (charged {sim_stats['tokens_charged']} tokens), "
+            f"{sim_stats['sp_requests']} SP-API (free, own 5/s limit)",
             f"  upstream 429s         {sim_stats['keepa_429']} Keepa, {sim_stats['sp_429']} SP-API",
-            f"  lowest balance        {sim_stats['min_balance']:.0f} (policy: debt at most {policy.max_debt:.0f}, "
-            f"plus under one minute of refill, {policy.refill_per_minute:.0f})",
+            f"  lowest Keepa balance  {sim_stats['min_balance']:.0f} tokens, as Keepa counted it just after charging "
+            "a call",
+            f"                        every call started with at least {policy.min_start:.0f} tokens in the bucket "
+            f"and was sized",
+            f"                        to leave at most {policy.max_debt:.0f} of debt at its estimated cost; "
+            "Keepa charges after",
+            "                        the call (what it really cost) and refills once a minute, so its count can "
+            "dip",
+            f"                        a little further: {keepa_429_text}",
         ]
     snap = q.bucket.snapshot()
     lines.append(
