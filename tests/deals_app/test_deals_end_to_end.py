@@ -126,3 +126,48 @@ def test_demo_summary_counts_keepa_and_sp_api_apart_and_explains_the_balance(
     assert "just after charging" in summary
     assert "at most 300 of debt at its estimated cost" in summary
     assert "none started beyond the policy" in summary or "refused (429)" in summary
+
+
+def _progress_state() -> dict[str, object]:
+    from deals_app.store import Counts
+
+    return {
+        "wall": 15.2,
+        "sim": 4620.0,
+        "counts": Counts(745, 156, 57, 223792, 745, 244),
+        "tokens": -250.0,
+        "capacity": 1200.0,
+        "debt": 145.0,
+        "promised": 105.0,
+        "ttp": 750.0,
+        "upstream": 814,
+        "calls": 16,
+        "sp_calls": 745,
+        "plan": None,
+        "activity": {
+            "update": "recent history: 25 × product of 589 pending, ≈12.3 each = 308 tokens (budget 396), "
+            "starts in 12.5 min",
+            "backfill": "full history (fence 1): 100 × product_history of 388 pending",
+        },
+    }
+
+
+def test_live_display_and_plain_lines_fit_80_columns_with_the_key_numbers() -> None:
+    from deals_app.progress import display_lines, plain_lines
+
+    state = _progress_state()
+    for lines in (display_lines(state, width=80), plain_lines(state)):
+        assert lines
+        assert max(len(line) for line in lines) <= 80, lines
+        text = " ".join(" ".join(lines).split())
+        for number in (
+            "deals 745",
+            "backfilled 57",
+            "Keepa balance 814",
+            "debt 145",
+            "Keepa calls 16",
+            "SP-API checks 745",
+            "12.5 min",
+        ):
+            assert number in text, (number, text)
+    assert "starts in 12.5 min" in " ".join(" ".join(display_lines(state)).split())  # wrapped, not cut
