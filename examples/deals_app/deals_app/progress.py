@@ -167,23 +167,20 @@ def summary_lines(
     if sim_stats is not None:
         keepa_requests = sim_stats["requests"] - sim_stats["sp_requests"]
         keepa_429_text = (
-            "no call was refused (0 Keepa 429s), so none started beyond the policy"
+            "No call found Keepa at zero or below (0 429s)."
             if sim_stats["keepa_429"] == 0
-            else f"{sim_stats['keepa_429']} calls found Keepa at or below zero and were refused (429)"
+            else f"{sim_stats['keepa_429']} calls found Keepa at zero or below (429)."
         )
         lines += [
             f"  upstream requests     {keepa_requests} Keepa (charged {sim_stats['tokens_charged']} tokens), "
             f"{sim_stats['sp_requests']} SP-API (free, own 5/s limit)",
             f"  upstream 429s         {sim_stats['keepa_429']} Keepa, {sim_stats['sp_429']} SP-API",
-            f"  lowest Keepa balance  {sim_stats['min_balance']:.0f} tokens, as Keepa counted it just after charging "
-            "a call",
-            f"                        every call started with at least {policy.min_start:.0f} tokens in the bucket "
-            f"and was sized",
-            f"                        to leave at most {policy.max_debt:.0f} of debt at its estimated cost; "
-            "Keepa charges after",
-            "                        the call (what it really cost) and refills once a minute, so its count can "
-            "dip",
-            f"                        a little further: {keepa_429_text}",
+            f"  lowest Keepa balance  {sim_stats['min_balance']:.0f} tokens, Keepa's own count just after it charged",
+            f"                        a call. A call starts only with {policy.min_start:.0f} tokens in the bucket, "
+            "sized",
+            f"                        to leave at most {policy.max_debt:.0f} of debt at its estimated cost; Keepa",
+            "                        charges the real cost after the call and refills once a minute, so",
+            "                        its count can dip below that. " + keepa_429_text,
         ]
     snap = q.bucket.snapshot()
     lines.append(
