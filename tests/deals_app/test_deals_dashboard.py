@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -131,3 +132,49 @@ def test_dashboard_renders_chart_and_table_in_chromium(filled_store: Store, tmp_
     assert "restricted</td>" in page
     assert shot.exists()
     assert png_colours(shot) > 8  # not a blank page: text, table lines, the chart's blue and red
+
+
+def _seconds(clock: str) -> int:
+    h, m, s = (int(part) for part in clock.split(":"))
+    return h * 3600 + m * 60 + s
+
+
+@pytest.mark.slow
+def test_dashboard_reads_as_a_person_reads_it(filled_store: Store, tmp_path: Path) -> None:
+    """What is on screen: the chart's title names the span its axis shows, the red band has a legend,
+    deals with a history show their real price-point count, and the page has one clock (UTC wall time)."""
+    filled_store.set_meta("keepa_policy", {"max_debt": 300.0, "time_scale": 300.0})
+    with DashboardServer(filled_store, lambda: None, hours=6.0) as server:
+        shot = tmp_path / "dashboard.png"
+        dom = chromium(tmp_path, "--dump-dom", f"--screenshot={shot}", "--window-size=1100,1400", server.url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert png_colours(shot) > 8
+    title = re.search(r'<h2 id="chart-title">([^<]*)</h2>', page)
+    assert title is not None
+    # The data span one hour less 7.5 minutes (8 samples 450 s apart): the title says so, not "6 h".
+    assert "over 52.5 min" in title.group(1), title.group(1)
+    ticks = re.findall(r'class="axis-time"[^>]*>(\d\d:\d\d:\d\d)<', page)
+    assert len(ticks) == 2
+    span = (_seconds(ticks[1]) - _seconds(ticks[0])) % 86400
+    assert span == 3150
+    assert f"{ticks[0]}–{ticks[1]} UTC" in title.group(1)
+    assert "52.5 min shown" in page
+    legend = re.search(r'<ul id="chart-legend"[^>]*>(.*?)</ul>', page, re.S)
+    assert legend is not None
+    assert "debt" in legend.group(1)
+    assert "300" in legend.group(1)
+    assert "tokens left" in legend.group(1)
+    points = [int(p.replace(",", "")) for p in re.findall(r'<td class="num points">([\d,]+)</td>', page)]
+    assert points == [len(filled_store.price_points(asin)) for asin in [_history_asin(filled_store)]]
+    assert points[0] > 0
+    assert "not fetched yet" in page
+    # One clock: every time of day on the page is UTC wall time; the upstream's clock appears only labelled.
+    assert "upstream clock, 300× fast" in page
+    assert "found (UTC)" not in page
+    assert "refreshed" in page
+    assert re.search(r"refreshed \d\d:\d\d:\d\d UTC", page)
+
+
+def _history_asin(store: Store) -> str:
+    return next(d["asin"] for d in store.latest_deals(25) if d["points"])

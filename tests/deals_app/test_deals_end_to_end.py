@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,3 +107,69 @@ def test_demo_runs_and_ends_with_a_summary(cli: Callable[..., tuple[int, str, st
     assert "Summary:" in out
     assert "upstream 429s" in out
     assert "deals stored" in out
+
+
+def test_demo_summary_counts_keepa_and_sp_api_apart_and_explains_the_balance(
+    cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    status, out, err = cli("demo", "--duration", "3", "--db", str(tmp_path / "demo.sqlite"), "--plain")
+    assert status == 0, err
+    summary = out[out.index("Summary:") :]
+    requests = re.search(r"upstream requests +(\d+) Keepa \(charged (\d+) tokens\), (\d+) SP-API", summary)
+    assert requests is not None, summary
+    keepa, sp = int(requests.group(1)), int(requests.group(3))
+    calls = int(re.search(r"Keepa calls +(\d+)", summary).group(1))  # type: ignore[union-attr]
+    checks = int(re.search(r"SP-API calls +(\d+)", summary).group(1))  # type: ignore[union-attr]
+    assert keepa == calls + 1  # the collector's calls and its start-up /token probe
+    assert sp == checks
+    assert "lowest Keepa balance" in summary
+    text = " ".join(summary.split())
+    assert "just after it charged a call" in text
+    assert "at most 300 of debt at its estimated cost" in text
+    assert "charges the real cost after the call" in text
+    assert "No call found Keepa at zero or below (0 429s)." in text or "(429)." in text
+
+
+def _progress_state() -> dict[str, object]:
+    from deals_app.store import Counts
+
+    return {
+        "wall": 15.2,
+        "sim": 4620.0,
+        "counts": Counts(745, 156, 57, 223792, 745, 244),
+        "tokens": -250.0,
+        "capacity": 1200.0,
+        "debt": 145.0,
+        "promised": 105.0,
+        "ttp": 750.0,
+        "upstream": 814,
+        "calls": 16,
+        "sp_calls": 745,
+        "plan": None,
+        "activity": {
+            "update": "recent history: 25 × product of 589 pending, ≈12.3 each = 308 tokens (budget 396), "
+            "starts in 12.5 min",
+            "backfill": "full history (fence 1): 100 × product_history of 388 pending",
+        },
+    }
+
+
+def test_live_display_and_plain_lines_fit_80_columns_with_the_key_numbers() -> None:
+    from deals_app.progress import display_lines, plain_lines
+
+    state = _progress_state()
+    for lines in (display_lines(state, width=80), plain_lines(state)):
+        assert lines
+        assert max(len(line) for line in lines) <= 80, lines
+        text = " ".join(" ".join(lines).split())
+        for number in (
+            "deals 745",
+            "backfilled 57",
+            "Keepa balance 814",
+            "debt 145",
+            "Keepa calls 16",
+            "SP-API checks 745",
+            "12.5 min",
+        ):
+            assert number in text, (number, text)
+    assert "starts in 12.5 min" in " ".join(" ".join(display_lines(state)).split())  # wrapped, not cut

@@ -42,6 +42,7 @@ def test_cli_prints_the_table_and_json(cli: Cli) -> None:
     assert "old configuration" in out
     assert "tokenbucket" in out
     assert "backfill dead after its holder crashed" in out
+    assert "longest stall: the longest stretch of virtual time in which no deal's history was fetched" in out
     status, out, _ = cli("replay-incident", "--hours", "2", "--json")
     assert status == 0
     data = json.loads(out)

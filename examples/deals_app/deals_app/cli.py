@@ -346,8 +346,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with SimulatorServer(config) as server:
         sim = server.simulator
         print(
-            f"deals-app demo: Keepa-like simulator on {server.base_url} at {args.time_scale:g}× "
-            f"({args.refill_rate} tokens/min, bucket {60 * args.refill_rate}); collecting for {args.duration:g} s",
+            f"deals-app demo: Keepa-like simulator on {server.base_url} at {args.time_scale:g}×\n"
+            f"  ({args.refill_rate} tokens/min, bucket {60 * args.refill_rate}); collecting for {args.duration:g} s",
             flush=True,
         )
         collector = _collector(

@@ -16,10 +16,11 @@ from typing import Any
 
 from .catalog import to_unix_ms
 from .leases import LeaseView
+from .quota import format_duration
 from .serving import LocalServer
 from .store import Store
 
-__all__ = ["DashboardServer", "render_page", "token_chart"]
+__all__ = ["DashboardServer", "chart_legend", "render_page", "token_chart"]
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2430; background: #fafbfc; }
@@ -29,6 +30,10 @@ table { border-collapse: collapse; background: #fff; } th, td { padding: 4px 10p
 th { text-align: left; background: #f0f2f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .down { color: #0a7d32; } .restricted { color: #b3261e; }
 svg { background: #fff; border: 1px solid #e3e6ea; }
+.legend { list-style: none; padding: 0; margin: 6px 0; color: #687385; }
+.legend li { display: inline-block; margin-right: 18px; }
+.swatch { display: inline-block; width: 18px; height: 10px; margin-right: 6px; vertical-align: middle; }
+.swatch.dashed { height: 0; border-top: 2px dashed #b3261e; }
 """
 
 
@@ -71,37 +76,80 @@ def token_chart(series: Sequence[tuple[float, float]], *, width: int = 720, heig
         )
     for t in (t0, t1):
         parts.append(
-            f'<text x="{x(t):.1f}" y="{height - 8}" text-anchor="{"start" if t == t0 else "end"}" font-size="11" '
-            f'fill="#687385">{time.strftime("%H:%M:%S", time.localtime(t))}</text>'
+            f'<text class="axis-time" x="{x(t):.1f}" y="{height - 8}" text-anchor="{"start" if t == t0 else "end"}" '
+            f'font-size="11" fill="#687385">{_clock(t)}</text>'
         )
+    parts.append(
+        f'<text x="{(pad_l + width - pad_r) / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="11" '
+        f'fill="#687385">wall clock (UTC), {format_duration(t1 - t0)} shown</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _clock(t: float) -> str:
+    """The page's one clock: wall time, UTC."""
+    return time.strftime("%H:%M:%S", time.gmtime(t))
+
+
+def chart_legend(max_debt: float | None) -> str:
+    """The chart's legend (HTML): the line, the zero line and the red debt band."""
+    bound = f"; the policy lets a call start only if it leaves at most {max_debt:.0f}" if max_debt else ""
+    return (
+        '<ul id="chart-legend" class="legend">'
+        '<li><span class="swatch" style="background:#1f6feb"></span>tokens left, as each Keepa reply reported</li>'
+        '<li><span class="swatch dashed"></span>zero</li>'
+        '<li><span class="swatch" style="background:#fdecea;border:1px solid #b3261e"></span>'
+        f"debt: below zero, borrowed from the next refills{bound}</li></ul>"
+    )
 
 
 def _price(cents: Any) -> str:
     return "—" if not isinstance(cents, int) or cents < 0 else f"${cents / 100:,.2f}"
 
 
+def _seen(store: Store) -> dict[str, float]:
+    """When the collector first stored each deal (wall time); the store's own deal rows do not return it."""
+    rows = store._conn().execute("SELECT asin, first_seen FROM deals ORDER BY seq DESC LIMIT 200")
+    return {a: float(t) for a, t in rows}
+
+
 def render_page(store: Store, leases: Sequence[LeaseView] | None, *, hours: float = 6.0) -> str:
-    """The dashboard's HTML (read-only: nothing is written)."""
+    """The dashboard's HTML (read-only: nothing is written).
+
+    One clock on the page: wall time in UTC (the refresh time, the chart's axis,
+    when each deal was stored). The upstream's own time appears once, labelled,
+    in the "listed" column, because a sped-up simulator's clock runs ahead.
+    """
     counts = store.counts()
+    policy = store.meta("keepa_policy") or {}
+    scale = float(policy.get("time_scale", 1.0))
     series = store.token_series(time.time() - hours * 3600)
     deals = store.latest_deals(25)
+    seen = _seen(store)
+    listed_head = "listed (UTC)" if scale == 1.0 else f"listed (upstream clock, {scale:g}× fast)"
     rows = []
     for d in deals:
         restricted = {None: "not checked", 0: "no", 1: "restricted"}[d["restricted"]]
-        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(to_unix_ms(d["creation_date"]) / 1000))
+        listed = time.strftime("%Y-%m-%d %H:%M", time.gmtime(to_unix_ms(d["creation_date"]) / 1000))
+        at = seen.get(d["asin"])
+        stored = _clock(at) if at is not None else "—"
+        points = (
+            f'<td class="num points">{d["points"]:,}</td>'
+            if d["points"]
+            else '<td class="num points muted">not fetched yet</td>'
+        )
         rows.append(
             "<tr>"
             f"<td><code>{html.escape(d['asin'])}</code></td><td>{html.escape(d['title'])}</td>"
             f'<td class="num">{_price(d["current"])}</td><td class="num">{_price(d["average"])}</td>'
-            f'<td class="num down">{d["delta_percent"]}%</td><td>{created}</td>'
-            f'<td class="num">{d["points"]}</td>'
+            f'<td class="num down">{d["delta_percent"]}%</td><td>{stored}</td><td class="muted">{listed}</td>'
+            f"{points}"
             f'<td class="{"restricted" if d["restricted"] else ""}">{restricted}</td>'
             "</tr>"
         )
     if not rows:
-        rows.append('<tr><td colspan="8" class="muted">no deals stored yet</td></tr>')
+        rows.append('<tr><td colspan="9" class="muted">no deals stored yet</td></tr>')
     if leases is None:
         lease_html = '<p class="muted">Leases live in the collector process (memory backend); pass --redis-url.</p>'
     elif not leases:
@@ -117,24 +165,38 @@ def render_page(store: Store, leases: Sequence[LeaseView] | None, *, hours: floa
             f"<th>renewals</th></tr>{items}</table>"
         )
     last = f"{series[-1][1]:.0f} tokens" if series else "unknown"
+    if series:
+        t0, t1 = series[0][0], series[-1][0]
+        chart_title = (
+            f"Token balance over {format_duration(t1 - t0)}, {_clock(t0)}–{_clock(t1)} UTC "
+            f"({len(series)} Keepa replies; now {last})"
+        )
+        if scale != 1.0:
+            chart_title += f" = {format_duration((t1 - t0) * scale)} of upstream time"
+    else:
+        chart_title = f"Token balance (no Keepa reply in the past {hours:g} h)"
+    with_history = sum(1 for d in deals if d["points"])
     checkpoint = store.checkpoint("backfill")[0]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>deals-app dashboard</title>
 <meta http-equiv="refresh" content="10"><style>{_STYLE}</style></head>
 <body>
 <h1>deals-app</h1>
-<p class="muted">{html.escape(str(store.path))} · refreshed {time.strftime("%H:%M:%S")} · read-only</p>
+<p class="muted">{html.escape(str(store.path))} · refreshed {_clock(time.time())} UTC · read-only</p>
 <p class="counts"><span>deals <b id="count-deals">{counts.deals}</b></span>
 <span>recent histories <b>{counts.products_recent}</b></span><span>backfilled <b>{counts.products_full}</b>
 (checkpoint #{checkpoint})</span><span>price points <b>{counts.price_points}</b></span>
 <span>restriction checks <b>{counts.restrictions}</b> ({counts.restricted} restricted)</span></p>
-<h2>Token balance, last {hours:g} h (now {last})</h2>
+<h2 id="chart-title">{chart_title}</h2>
 {token_chart(series)}
+{chart_legend(policy.get("max_debt"))}
 <h2>Lease holders</h2>
 {lease_html}
 <h2>Latest deals</h2>
+<p class="muted">points: the price points stored for the deal's product ({with_history} of these {len(deals)} have a
+history; the collector fetches histories in the order deals were found, so the newest wait their turn).</p>
 <table id="deals"><tr><th>ASIN</th><th>title</th><th>price</th><th>average</th><th>change</th>
-<th>found (UTC)</th><th>points</th><th>restricted</th></tr>
+<th>stored (UTC)</th><th>{listed_head}</th><th>points</th><th>restricted</th></tr>
 {"".join(rows)}
 </table>
 </body></html>

@@ -427,6 +427,8 @@ def report(old: IncidentResult, new: IncidentResult) -> str:
         f"tokenbucket: blocking FCFS acquire, BatchPlanner, settle + sync, LeaseLock(ttl={LEASE_TTL:g})",
         "The plan is oversubscribed (the watcher alone asks 24 tokens/min of 20): first-come first-served gives",
         "each job its turn, where the old code let whoever called first after a refill take everything.",
+        "longest stall: the longest stretch of virtual time in which no deal's history was fetched",
+        "(between two fetches, or from the last fetch to the end while deals still waited).",
     ]
     if math.isfinite(new.longest_stall) and new.longest_stall < old.longest_stall:
         lines.append(

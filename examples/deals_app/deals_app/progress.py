@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -15,7 +16,7 @@ from typing import Any, TextIO
 from .jobs import Collector
 from .quota import describe_plan, format_duration
 
-__all__ = ["Progress", "describe_plan", "format_duration", "summary_lines"]
+__all__ = ["Progress", "describe_plan", "display_lines", "format_duration", "plain_lines", "summary_lines"]
 
 
 class Progress:
@@ -65,50 +66,75 @@ class Progress:
             "calls": c.keepa.calls,
             "plan": c.quota.last_plan,
             "activity": dict(c.stats.activity),
+            "sp_calls": c.stats.restriction_checks + c.stats.sp_retries,
         }
 
     def tick(self) -> None:
-        """Redraw (terminal) or print a line if it is time (otherwise)."""
+        """Redraw (terminal) or print a few plain lines if it is time (otherwise)."""
         s = self._state()
         if self.interactive:
             self._draw(s)
         elif s["wall"] - self._last_line >= self.every:
             self._last_line = s["wall"]
-            n = s["counts"]
-            upstream = "?" if s["upstream"] is None else f"{s['upstream']}"
-            print(
-                f"[{s['wall']:5.1f}s | upstream +{format_duration(s['sim'])}] deals {n.deals}, "
-                f"recent {n.products_recent}, backfilled {n.products_full}, checked {n.restrictions}; "
-                f"tokens {s['tokens']:.0f} (upstream {upstream}), {s['promised']:.0f} held by waiting calls, "
-                f"debt {s['debt']:.0f}, "
-                f"positive in {format_duration(s['ttp'])}, calls {s['calls']}",
-                file=self.out,
-                flush=True,
-            )
+            print("\n".join(plain_lines(s)), file=self.out, flush=True)
 
     def _draw(self, s: dict[str, Any]) -> None:
-        n = s["counts"]
-        plan = s["plan"]
-        width = 30
-        fill = max(0.0, min(1.0, s["tokens"] / s["capacity"])) if s["capacity"] else 0.0
-        bar = "█" * round(fill * width) + "·" * (width - round(fill * width))
-        lines = [
-            f"\x1b[1mdeals-app\x1b[0m  wall {s['wall']:5.1f} s   upstream time +{format_duration(s['sim'])}",
-            f"  deals stored {n.deals:>6}   recent histories {n.products_recent:>6}   "
-            f"backfilled {n.products_full:>6}   restriction checks {n.restrictions:>6}",
-            f"  tokens [{bar}] {s['tokens']:8.0f} / {s['capacity']:.0f}   held by waiting calls {s['promised']:6.0f}   "
-            f"debt {s['debt']:6.0f}   positive in {format_duration(s['ttp']):>8}   calls {s['calls']}",
-            f"  plan   {describe_plan(plan) if plan else '(none yet)'}",
-        ]
-        for job in ("update", "backfill", "restrictions"):
-            if job in s["activity"]:
-                lines.append(f"  {job:<12} {s['activity'][job]}")
-        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+        width = max(40, min(120, shutil.get_terminal_size((80, 24)).columns - 1))
+        lines = display_lines(s, width=width)
         if self._drawn:
             self.out.write(f"\x1b[{self._drawn}F\x1b[J")
-        self.out.write("\n".join(line[:width] for line in lines) + "\n")
+        self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self._drawn = len(lines)
+
+
+def _wrap(head: str, text: str, width: int, indent: int | None = None) -> list[str]:
+    """``head`` then ``text``, wrapped (never cut) to ``width`` columns, continuation lines indented."""
+    more = " " * (len(head) if indent is None else indent)
+    return textwrap.wrap(
+        text, width=width, initial_indent=head, subsequent_indent=more, break_on_hyphens=False
+    ) or [head.rstrip()]
+
+
+def _numbers(s: dict[str, Any]) -> tuple[str, str, str]:
+    n = s["counts"]
+    upstream = "?" if s["upstream"] is None else f"{s['upstream']}"
+    stored = (
+        f"deals {n.deals}, recent histories {n.products_recent}, backfilled {n.products_full}, "
+        f"checked {n.restrictions}"
+    )
+    balance = (
+        f"Keepa balance {upstream} (last reply); debt {s['debt']:.0f}; waiting calls hold {s['promised']:.0f}; "
+        f"next call can start in {format_duration(s['ttp'])} upstream time"
+    )
+    calls = f"Keepa calls {s['calls']}, SP-API checks {s.get('sp_calls', 0)}"
+    return stored, balance, calls
+
+
+def plain_lines(s: dict[str, Any], *, width: int = 80) -> list[str]:
+    """The periodic lines printed when the output is not a terminal; none longer than ``width``."""
+    stored, balance, calls = _numbers(s)
+    head = f"[{s['wall']:5.1f} s wall, upstream +{format_duration(s['sim'])}] "
+    return _wrap(head, stored, width, indent=4) + _wrap("    ", f"{balance}; {calls}", width)
+
+
+def display_lines(s: dict[str, Any], *, width: int = 80) -> list[str]:
+    """The live display's lines, wrapped to ``width`` columns (80 by default) so nothing is cut off."""
+    stored, balance, calls = _numbers(s)
+    bar_width = 20
+    fill = max(0.0, min(1.0, s["tokens"] / s["capacity"])) if s["capacity"] else 0.0
+    bar = "█" * round(fill * bar_width) + "·" * (bar_width - round(fill * bar_width))
+    plan = s["plan"]
+    lines = _wrap("", f"deals-app   wall {s['wall']:.1f} s   upstream time +{format_duration(s['sim'])}", width)
+    lines += _wrap("  stored   ", stored, width)
+    lines += _wrap("  bucket   ", f"[{bar}] {s['tokens']:.0f} / {s['capacity']:.0f} after waiting calls", width)
+    lines += _wrap("  balance  ", balance, width)
+    lines += _wrap("  calls    ", calls, width)
+    lines += _wrap("  plan     ", describe_plan(plan) if plan else "(none yet)", width)
+    for job in ("update", "backfill", "restrictions"):
+        if job in s["activity"]:
+            lines += _wrap(f"  {job:<12} ", s["activity"][job], width)
+    return lines
 
 
 def summary_lines(
@@ -127,7 +153,9 @@ def summary_lines(
         f"{c.store.checkpoint('backfill')[0]})",
         f"  price points          {n.price_points}",
         f"  restriction checks    {n.restrictions} ({n.restricted} restricted)",
-        f"  Keepa calls           {c.keepa.calls}",
+        f"  Keepa calls           {c.keepa.calls} by the collector",
+        f"  SP-API calls          {c.stats.restriction_checks + c.stats.sp_retries} restriction checks "
+        f"(retries included)",
     ]
     learned = []
     for op in ("product", "product_history", "deal"):
@@ -137,11 +165,22 @@ def summary_lines(
             continue
     lines.append(f"  learned cost per unit {', '.join(learned)} (prior 20 an ASIN, 5 a deal page)")
     if sim_stats is not None:
+        keepa_requests = sim_stats["requests"] - sim_stats["sp_requests"]
+        keepa_429_text = (
+            "No call found Keepa at zero or below (0 429s)."
+            if sim_stats["keepa_429"] == 0
+            else f"{sim_stats['keepa_429']} calls found Keepa at zero or below (429)."
+        )
         lines += [
-            f"  upstream charged      {sim_stats['tokens_charged']} tokens over {sim_stats['requests']} requests",
+            f"  upstream requests     {keepa_requests} Keepa (charged {sim_stats['tokens_charged']} tokens), "
+            f"{sim_stats['sp_requests']} SP-API (free, own 5/s limit)",
             f"  upstream 429s         {sim_stats['keepa_429']} Keepa, {sim_stats['sp_429']} SP-API",
-            f"  lowest balance        {sim_stats['min_balance']:.0f} (policy: debt at most {policy.max_debt:.0f}, "
-            f"plus under one minute of refill, {policy.refill_per_minute:.0f})",
+            f"  lowest Keepa balance  {sim_stats['min_balance']:.0f} tokens, Keepa's own count just after it charged",
+            f"                        a call. A call starts only with {policy.min_start:.0f} tokens in the bucket, "
+            "sized",
+            f"                        to leave at most {policy.max_debt:.0f} of debt at its estimated cost; Keepa",
+            "                        charges the real cost after the call and refills once a minute, so",
+            "                        its count can dip below that. " + keepa_429_text,
         ]
     snap = q.bucket.snapshot()
     lines.append(
