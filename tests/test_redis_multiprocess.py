@@ -55,6 +55,24 @@ def worker(url: str, name: str, seed: int, ready: Any, go: Any, begin_at: Any, o
     out.put(ledger)
 
 
+def worst_excess(entries: list[tuple[float, float, float]]) -> float:
+    """How far the busiest window of ``entries`` (sorted ``(low, high, cost)``) exceeds capacity + rate x window.
+
+    Start times are known to lie in [low, high], so the entries whose low is in [low_i, low_j] started
+    within max(high) - low_i of each other.
+    """
+    worst = -CAPACITY
+    for i in range(len(entries)):
+        tokens = 0.0
+        highest = entries[i][1]
+        for j in range(i, len(entries)):
+            tokens += entries[j][2]
+            highest = max(highest, entries[j][1])
+            window = highest - entries[i][0] + ALLOWANCE
+            worst = max(worst, tokens - (CAPACITY + RATE * window))
+    return worst
+
+
 def test_processes_share_the_rate(redis_server: RedisServer) -> None:
     ctx = multiprocessing.get_context("spawn")
     out, ready, go, begin_at = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
@@ -76,19 +94,99 @@ def test_processes_share_the_rate(redis_server: RedisServer) -> None:
     entries = sorted(e for ledger in ledgers for e in ledger)
     assert all(ledger for ledger in ledgers), "every process got some requests through"
 
-    # No window holds more than capacity + rate x window. With start times known to lie in [low, high],
-    # the entries whose low is in [low_i, low_j] started within max(high) - low_i of each other.
-    worst = 0.0
-    for i in range(len(entries)):
-        tokens = 0.0
-        highest = entries[i][1]
-        for j in range(i, len(entries)):
-            tokens += entries[j][2]
-            highest = max(highest, entries[j][1])
-            window = highest - entries[i][0] + ALLOWANCE
-            worst = max(worst, tokens - (CAPACITY + RATE * window))
+    worst = worst_excess(entries)
     assert worst <= 1e-9, f"the ledger exceeds capacity + rate x window by {worst:.3f} tokens"
 
     # Throughput: after the initial burst the bucket refills at RATE, and the waiting processes use all of it.
     started = sum(cost for low, _, cost in entries if begin <= low <= begin + RUN)
     assert started - CAPACITY >= 0.9 * RATE * RUN, f"{started:g} tokens in {RUN} s at {RATE:g}/s"
+
+
+THREADS = 8
+BUSY_PROCESSES = 8
+
+
+def busy_worker(url: str, name: str, seed: int, ready: Any, go: Any, begin_at: Any, out: Any) -> None:
+    """Threads that acquire, time out and cancel at random; report ``(low, high, cost)`` per started request."""
+    import threading
+
+    from tokenbucket import AcquireTimeout, RedisBackend, TokenBucket
+
+    ledger: list[tuple[float, float, float]] = []
+    counts = {"cancelled": 0, "timed_out": 0}
+    lock = threading.Lock()
+    with RedisBackend.from_url(url) as backend:
+        bucket = TokenBucket(name, f"{RATE:g}/second", capacity=CAPACITY, backend=backend)
+        bucket.snapshot()
+        ready.put(seed)
+        go.wait()
+        begin = begin_at.value
+
+        def thread(n: int) -> None:
+            rng = random.Random(seed * 100 + n)
+            time.sleep(max(0.0, begin - time.time()))
+            while True:
+                cost = rng.choice([1, 1, 2, 3, 5, 8, 13])
+                roll = rng.random()
+                before = time.time()
+                try:
+                    reservation = bucket.reserve(cost, timeout=0.05 if roll < 0.25 else None)
+                except AcquireTimeout:
+                    with lock:
+                        counts["timed_out"] += 1
+                    if time.time() > begin + RUN:
+                        break
+                    continue
+                after = time.time()
+                low, high = before + reservation.delay, after + reservation.delay
+                if low > begin + RUN:
+                    reservation.cancel()
+                    break
+                if roll > 0.75 and low - time.time() > 0.03:
+                    # Cancel while waiting, at least 20 ms before the start: it never started.
+                    time.sleep(rng.uniform(0.0, low - time.time() - 0.02))
+                    reservation.cancel()
+                    with lock:
+                        counts["cancelled"] += 1
+                    continue
+                reservation.wait()
+                with lock:
+                    ledger.append((low, high, float(cost)))
+
+        threads = [threading.Thread(target=thread, args=(n,)) for n in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    out.put((ledger, counts))
+
+
+def test_processes_and_threads_that_cancel_and_time_out_never_overspend(redis_server: RedisServer) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out, ready, go, begin_at = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
+    name = f"mp-busy-{uuid.uuid4().hex}"
+    procs = [
+        ctx.Process(target=busy_worker, args=(redis_server.url, name, seed, ready, go, begin_at, out))
+        for seed in range(BUSY_PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    begin_at.value = time.time() + 0.3
+    go.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    entries = sorted(e for ledger, _ in results for e in ledger)
+    cancelled = sum(c["cancelled"] for _, c in results)
+    timed_out = sum(c["timed_out"] for _, c in results)
+    assert cancelled > 0, "some reservations were cancelled while they waited"
+    assert timed_out > 0, "some requests timed out"
+    worst = worst_excess(entries)
+    print(
+        f"\n{BUSY_PROCESSES} processes x {THREADS} threads: {len(entries)} starts, {cancelled} cancelled, "
+        f"{timed_out} timed out; worst window exceeds capacity + rate x window by {worst:.3f} tokens"
+    )
+    assert worst <= 1e-9, f"the ledger exceeds capacity + rate x window by {worst:.3f} tokens"
