@@ -73,24 +73,26 @@ def worst_excess(entries: list[tuple[float, float, float]]) -> float:
     return worst
 
 
-def test_processes_share_the_rate(redis_server: RedisServer) -> None:
+def run_processes(target: Any, url: str, name: str, count: int, lead: float) -> tuple[float, list[Any]]:
+    """Start ``count`` spawned ``target`` processes, release them together ``lead`` s later; their results."""
     ctx = multiprocessing.get_context("spawn")
     out, ready, go, begin_at = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
-    name = f"mp-{uuid.uuid4().hex}"
-    procs = [
-        ctx.Process(target=worker, args=(redis_server.url, name, seed, ready, go, begin_at, out))
-        for seed in range(PROCESSES)
-    ]
+    procs = [ctx.Process(target=target, args=(url, name, seed, ready, go, begin_at, out)) for seed in range(count)]
     for p in procs:
         p.start()
     for _ in procs:
-        ready.get(timeout=60)  # every process is up and connected
-    begin = begin_at.value = time.time() + 0.2
+        ready.get(timeout=120)  # every process is up and connected
+    begin = begin_at.value = time.time() + lead
     go.set()
-    ledgers = [out.get(timeout=60) for _ in procs]
+    results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
+    return begin, results
+
+
+def test_processes_share_the_rate(redis_server: RedisServer) -> None:
+    begin, ledgers = run_processes(worker, redis_server.url, f"mp-{uuid.uuid4().hex}", PROCESSES, 0.2)
     entries = sorted(e for ledger in ledgers for e in ledger)
     assert all(ledger for ledger in ledgers), "every process got some requests through"
 
@@ -162,23 +164,7 @@ def busy_worker(url: str, name: str, seed: int, ready: Any, go: Any, begin_at: A
 
 
 def test_processes_and_threads_that_cancel_and_time_out_never_overspend(redis_server: RedisServer) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    out, ready, go, begin_at = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
-    name = f"mp-busy-{uuid.uuid4().hex}"
-    procs = [
-        ctx.Process(target=busy_worker, args=(redis_server.url, name, seed, ready, go, begin_at, out))
-        for seed in range(BUSY_PROCESSES)
-    ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.get(timeout=120)
-    begin_at.value = time.time() + 0.3
-    go.set()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    _, results = run_processes(busy_worker, redis_server.url, f"mp-busy-{uuid.uuid4().hex}", BUSY_PROCESSES, 0.3)
     entries = sorted(e for ledger, _ in results for e in ledger)
     cancelled = sum(c["cancelled"] for _, c in results)
     timed_out = sum(c["timed_out"] for _, c in results)
