@@ -64,9 +64,13 @@ class Upstream:
         return self.balance
 
     def start(self, t: float | Fraction, cost: float | Fraction, order: int = -1) -> None:
-        """A call of real cost ``cost`` starts at ``t``: check it was affordable, then charge it."""
+        """A call of real cost ``cost`` starts at ``t``: check it was affordable, then charge it.
+
+        Affordable up to float rounding: a shortfall of at most ``capacity / 10**9`` (the
+        bucket's documented slack, `Policy.slack`) is not a violation; anything more is.
+        """
         cost = exact(cost)
-        balance = self.at(t)
+        balance = self.at(t) + self.capacity / 10**9
         if self.overdraft == 0:
             if balance < cost:
                 self.violations.append(Violation(self.now, cost, balance, order, "strict: balance < cost"))
@@ -75,7 +79,7 @@ class Upstream:
                 self.violations.append(Violation(self.now, cost, balance, order, "balance < min_start"))
             elif self.overdraft != math.inf and balance - cost < -self.overdraft:
                 self.violations.append(Violation(self.now, cost, balance, order, "balance - cost < -overdraft"))
-        self.balance = balance - cost
+        self.balance -= cost
 
     def sync(self, t: float | Fraction, remaining: float | Fraction) -> None:
         """The upstream reports its balance (tests report exactly this balance)."""

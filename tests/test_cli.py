@@ -154,6 +154,23 @@ class TestBuckets:
         assert snap.tokens == pytest.approx(-12, abs=0.1)
         assert snap.debt == pytest.approx(12, abs=0.1)
 
+    def test_a_policy_flag_that_differs_from_the_stored_policy_is_refused(
+        self, backend: RedisBackend, redis_server: RedisServer, redis_prefix: str
+    ) -> None:
+        TokenBucket("keepa", rate="5/minute", capacity=300, overdraft=math.inf, backend=backend).acquire(10)
+        flags = ("--remaining", "0", "--rate", "20/minute", "--prefix", redis_prefix)
+        result = tb("sync", "keepa", *flags, url=redis_server.url)
+        assert result.returncode != 0
+        assert "is stored with policy" in one_error_line(result)
+        snap = TokenBucket("keepa", rate="5/minute", capacity=300, overdraft=math.inf, backend=backend).snapshot()
+        assert snap.tokens == pytest.approx(290, abs=0.1)  # unchanged
+
+    def test_sync_refuses_a_balance_out_of_range(self, redis_server: RedisServer, redis_prefix: str) -> None:
+        for remaining in ("1e400", "-1e20", "nan"):
+            result = tb("sync", "keepa", f"--remaining={remaining}", "--prefix", redis_prefix, url=redis_server.url)
+            assert result.returncode != 0
+            assert "--remaining must be" in one_error_line(result)
+
     def test_unknown_bucket_needs_the_policy_on_the_command_line(
         self, redis_server: RedisServer, redis_prefix: str
     ) -> None:

@@ -42,6 +42,7 @@ EXPECTED = [
     "MemoryBackend",
     "MemoryCostStore",
     "NotAcquired",
+    "PolicyMismatch",
     "PrometheusMetrics",
     "Rate",
     "Reconciler",

@@ -54,10 +54,12 @@ def test_importing_tokenbucket_does_not_import_redis() -> None:
 
 
 def test_scripts_are_package_data_with_headers() -> None:
-    for op in ("reserve", "cancel", "settle", "sync", "snapshot"):
+    for op in ("reserve", "cancel", "settle", "sync", "snapshot", "reconfigure"):
         text = lua_source(f"bucket_{op}")
         flag, text = text.split("\n", 1)
-        assert flag == f"local WRITES = {'false' if op == 'snapshot' else 'true'}"  # only snapshot merely reads
+        writes = "false" if op == "snapshot" else "true"  # only snapshot merely reads
+        adopt = "true" if op == "reconfigure" else "false"  # only reconfigure replaces the policy
+        assert flag == f"local WRITES, ADOPT = {writes}, {adopt}"
         assert text.startswith("-- tokenbucket: the bucket arithmetic")  # then the shared prelude
         body = text.split("-- bucket_" + op + ":", 1)[1]
         assert "Reply:" in body
@@ -231,7 +233,8 @@ def test_server_clock_is_used_without_a_clock(backend: RedisBackend, redis_clien
     sec, usec = redis_client.time()
     state = parse_state(redis_client.get(backend.bucket_keys("srv")[0]))
     assert state is not None
-    updated = state["updated"]
+    assert state["epoch"] == 1_780_000_000  # server times count from the scripts' epoch
+    updated = state["epoch"] + state["updated"]
     assert abs(updated - (sec + usec / 1e6)) < 60  # stamped with Redis TIME, not the monotonic clock
 
 

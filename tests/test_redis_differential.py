@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_servers import RedisServer
 
-from tokenbucket import AsyncRedisBackend, CostExceedsCapacity, Rate, RedisBackend, Snapshot
+from tokenbucket import AsyncRedisBackend, CostExceedsCapacity, PolicyMismatch, Rate, RedisBackend, Snapshot
 from tokenbucket import _model as model
 from tokenbucket._model import BucketState, Policy
 
@@ -66,6 +66,8 @@ steps = st.one_of(
     st.builds(Step, st.just("snapshot")),
     st.builds(Step, st.just("time"), st.one_of(st.just(0.0), st.floats(0, 30), st.floats(0, 5000))),
     st.builds(Step, st.just("back"), st.floats(0, 5)),  # a host whose clock is behind
+    st.builds(Step, st.just("reconfigure")),  # switch to the other policy of the test
+    st.builds(Step, st.just("mismatch")),  # the other policy, without reconfiguring: refused
 )
 
 
@@ -76,7 +78,13 @@ def backend(redis_server: RedisServer) -> Iterator[RedisBackend]:
     client.close()
 
 
-def run(backend: Any, policy: Policy, ops: list[Step], start: float) -> None:
+def run(backend: Any, policy: Policy, ops: list[Step], start: float, other: Policy | None = None) -> None:
+    """Apply ``ops`` to the model and to the backend and compare every answer.
+
+    ``other`` is the policy a "reconfigure" step switches to (and back); a "mismatch"
+    step uses it without reconfiguring, which must be refused and change nothing.
+    """
+    other = policy if other is None else other
     key = uuid.uuid4().hex
     state: BucketState | None = None  # the model's stored state; None until created
     now = start
@@ -87,6 +95,18 @@ def run(backend: Any, policy: Policy, ops: list[Step], start: float) -> None:
         return model.fresh(policy, now) if state is None else state
 
     for op in ops:
+        if op.kind == "reconfigure":
+            state = model.fresh(other, now) if state is None else model.reconfigure(state, policy, other, now)
+            policy, other = other, policy
+            assert_same_snapshot(model.snapshot(state, policy, now), backend.reconfigure(key, policy, now))
+            continue
+        if op.kind == "mismatch":
+            if state is not None and other.fingerprint() != policy.fingerprint():
+                with pytest.raises(PolicyMismatch) as raised:
+                    backend.snapshot(key, other, now)
+                assert raised.value.stored == policy.fingerprint()
+                assert raised.value.requested == other.fingerprint()
+            continue
         if op.kind == "time":
             now += op.a
         elif op.kind == "back":
@@ -130,9 +150,16 @@ def run(backend: Any, policy: Policy, ops: list[Step], start: float) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(policy=policies(), ops=st.lists(steps, max_size=40), start=st.sampled_from([0.0, 1000.0, 1.7e9]))
-def test_lua_matches_the_model(backend: RedisBackend, policy: Policy, ops: list[Step], start: float) -> None:
-    run(backend, policy, ops, start)
+@given(
+    policy=policies(),
+    other=policies(),
+    ops=st.lists(steps, max_size=40),
+    start=st.sampled_from([0.0, 1000.0, 1.7e9]),
+)
+def test_lua_matches_the_model(
+    backend: RedisBackend, policy: Policy, other: Policy, ops: list[Step], start: float
+) -> None:
+    run(backend, policy, ops, start, other)
 
 
 def test_a_known_sequence_with_waiting_reservations(backend: RedisBackend) -> None:

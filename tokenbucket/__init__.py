@@ -33,6 +33,7 @@ from ._exceptions import (
     LeaseError,
     LeaseLost,
     NotAcquired,
+    PolicyMismatch,
     TokenBucketError,
     UpstreamRateLimited,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "MemoryBackend",
     "MemoryCostStore",
     "NotAcquired",
+    "PolicyMismatch",
     "PrometheusMetrics",
     "Rate",
     "Reconciler",

@@ -496,23 +496,46 @@ class _BucketBase(Listened):
         remaining = check_amount("remaining", remaining)
         if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
             raise TypeError(f"status must be an int (an HTTP status) or None, not {type(status).__name__}")
-        policy = self.policy
         if rate is not None:
             new_rate = Rate.coerce(rate)
-            if new_rate != policy.rate:
-                policy = Policy.build(new_rate, policy.capacity, policy.overdraft, policy.min_start, policy.initial)
+            if new_rate.per_second != self.policy.refill:
+                yield from self._reconfigure_flow(new_rate, None, None, None, None)
+        policy = self.policy
         if self._events is None:
             snap: Snapshot = yield _Call("sync", self.name, policy, float(remaining), self._now())
-            self.policy = policy
             return snap
         before: Snapshot = yield _Call("snapshot", self.name, policy, self._now())
         snap = yield _Call("sync", self.name, policy, float(remaining), self._now())
-        self.policy = policy
         predicted = before.tokens + before.promised
         self._emit(
             _events.Synced(self.name, self._clock.now(), float(remaining), predicted, remaining - predicted, status)
         )
         self._note_debt(snap)
+        return snap
+
+    def _reconfigure_flow(
+        self,
+        rate: Rate | str | None,
+        capacity: float | None,
+        overdraft: float | None,
+        min_start: float | None,
+        initial: float | None,
+    ) -> _Flow[Snapshot]:
+        old = self.policy
+        cap = old.capacity if capacity is None else capacity
+        if initial is None:  # a default initial (the capacity) follows the capacity; another is kept
+            initial = cap if old.initial == old.capacity else min(old.initial, cap)
+        policy = Policy.build(
+            old.rate if rate is None else rate,
+            cap,
+            old.overdraft if overdraft is None else overdraft,
+            old.min_start if min_start is None else min_start,
+            initial,
+        )
+        if not callable(getattr(self._backend, "reconfigure", None)):
+            raise TypeError(f"{type(self._backend).__name__} cannot change a bucket's policy: it has no reconfigure()")
+        snap: Snapshot = yield _Call("reconfigure", self.name, policy, self._now())
+        self.policy = policy
         return snap
 
     def _snapshot_flow(self) -> _Flow[Snapshot]:
@@ -700,8 +723,9 @@ class TokenBucket(_BucketBase):
 
         Args:
             remaining: The upstream's balance (may be negative).
-            rate: The refill rate the upstream reports, if any; this bucket object
-                adopts it from now on.
+            rate: The refill rate the upstream reports, if any. When it differs
+                from this bucket's, the bucket adopts it first, in the store too
+                (as `reconfigure` with ``rate=``: the balance carries over).
             status: The HTTP status of the response that reported the balance, if any.
                 Only listeners see it (`tokenbucket.Synced.status`; metrics count
                 429-driven syncs); the balance adopted does not depend on it.
@@ -710,6 +734,45 @@ class TokenBucket(_BucketBase):
             The snapshot after syncing.
         """
         result: Snapshot = _run(self, self._sync_flow(remaining, rate, status))
+        return result
+
+    def reconfigure(
+        self,
+        *,
+        rate: Rate | str | None = None,
+        capacity: float | None = None,
+        overdraft: float | None = None,
+        min_start: float | None = None,
+        initial: float | None = None,
+    ) -> Snapshot:
+        """Change this bucket's policy, in the store and in this object, carrying the balance over.
+
+        Buckets of one name share one stored policy, and an object built with
+        another one raises `tokenbucket.PolicyMismatch` on its first operation.
+        This is the way to change it on purpose (a new plan upstream, a rollout
+        of a new rate): atomically, the balance is brought up to now under the
+        old policy and capped at the new capacity; waiting reservations keep
+        their start times. Called with no arguments, it makes this object's own
+        policy the stored one. Other objects of the name still holding the old
+        policy then raise `PolicyMismatch` until they are rebuilt or reconfigured.
+
+        Args:
+            rate: The new rate; default this object's.
+            capacity: The new capacity; default this object's (not the new rate's amount).
+            overdraft: The new overdraft; default this object's.
+            min_start: The new min_start; default this object's.
+            initial: The new initial balance; default this object's, or the new
+                capacity when this object's initial is its capacity.
+
+        Returns:
+            The snapshot under the new policy.
+
+        Raises:
+            ConfigurationError: the new policy can never work (nothing changes).
+            TypeError: the backend has no ``reconfigure``.
+            BackendError: the store failed.
+        """
+        result: Snapshot = _run(self, self._reconfigure_flow(rate, capacity, overdraft, min_start, initial))
         return result
 
     def snapshot(self) -> Snapshot:
@@ -788,6 +851,19 @@ class AsyncTokenBucket(_BucketBase):
     async def sync(self, remaining: float, *, rate: Rate | str | None = None, status: int | None = None) -> Snapshot:
         """See `TokenBucket.sync`."""
         result: Snapshot = await _arun(self, self._sync_flow(remaining, rate, status))
+        return result
+
+    async def reconfigure(
+        self,
+        *,
+        rate: Rate | str | None = None,
+        capacity: float | None = None,
+        overdraft: float | None = None,
+        min_start: float | None = None,
+        initial: float | None = None,
+    ) -> Snapshot:
+        """See `TokenBucket.reconfigure`."""
+        result: Snapshot = await _arun(self, self._reconfigure_flow(rate, capacity, overdraft, min_start, initial))
         return result
 
     async def snapshot(self) -> Snapshot:

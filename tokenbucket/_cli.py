@@ -39,6 +39,7 @@ from typing import Any, TextIO
 from ._exceptions import ConfigurationError, LeaseError, TokenBucketError
 from ._model import Policy, Snapshot
 from ._rate import Rate
+from ._validate import check_amount
 from .backends._lease_base import LeaseInfo
 
 __all__ = ["build_parser", "main"]
@@ -229,12 +230,14 @@ def _cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
-    if not math.isfinite(args.remaining):
-        raise CommandError("--remaining must be a finite number")
+    try:
+        remaining = check_amount("--remaining", args.remaining)
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from exc
     backend = _backend(args)
     try:
         policy, source = _policy(backend, args)
-        snap = backend.sync(args.name, policy, float(args.remaining), None)
+        snap = backend.sync(args.name, policy, remaining, None)
     finally:
         backend.close()
     lines = [f"synced bucket {args.name!r} to the upstream's {args.remaining:g} tokens"]

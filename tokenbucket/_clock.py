@@ -13,8 +13,10 @@ __all__ = ["Clock", "SystemClock"]
 class Clock(Protocol):
     """What a front end needs of a clock: a reading in seconds and a way to sleep.
 
-    ``now`` must never go backwards. `tokenbucket.testing.ManualClock` is a
-    clock under the test's control.
+    ``now`` should never go backwards; if it does, a bucket's time stands
+    still until the clock catches up (no refill, and waits counted from the
+    stored time). `tokenbucket.testing.ManualClock` is a clock under the
+    test's control.
     """
 
     def now(self) -> float:

@@ -6,7 +6,8 @@ the right thing (a bad argument is a ``ValueError``, a timeout a ``TimeoutError`
 
     TokenBucketError
     ├── ConfigurationError (ValueError)    bad policy, bad argument value
-    │   └── CostExceedsCapacity            a cost that can never start
+    │   ├── CostExceedsCapacity            a cost that can never start
+    │   └── PolicyMismatch                 one bucket name, two policies
     ├── AcquireTimeout (TimeoutError)      the wait would exceed the timeout
     ├── BackendError                       the store (Redis) failed
     ├── UpstreamRateLimited                the upstream kept answering 429 after the retries
@@ -31,6 +32,7 @@ __all__ = [
     "LeaseError",
     "LeaseLost",
     "NotAcquired",
+    "PolicyMismatch",
     "TokenBucketError",
     "UpstreamRateLimited",
 ]
@@ -74,6 +76,45 @@ class CostExceedsCapacity(ConfigurationError):
         return (
             f"cost {self.cost:g} can never start: the most this bucket can ever start is {self.limit:g} "
             "(capacity + overdraft); split the work into smaller requests"
+        )
+
+
+def _format_policy(fingerprint: tuple[float, ...]) -> str:
+    """A policy fingerprint ``(capacity, refill, overdraft, min_start, initial)`` in words."""
+    capacity, refill, overdraft, min_start, initial = fingerprint
+    words = f"capacity {capacity:g}, refill {refill:.6g}/s, overdraft {overdraft:g}"
+    if overdraft:
+        words += f", min_start {min_start:g}"
+    return f"{words}, initial {initial:g}"
+
+
+class PolicyMismatch(ConfigurationError):
+    """A bucket object's policy differs from the one its name is stored with.
+
+    Buckets with one name on one backend share one balance, so they must share
+    one policy: the stored state remembers it, and an operation from an object
+    built with another is refused before any state changes. To change a live
+    bucket's policy on purpose, call ``reconfigure()`` (`tokenbucket.TokenBucket.reconfigure`):
+    it carries the balance over.
+
+    Attributes:
+        name: The bucket's name.
+        stored: The stored policy, as `tokenbucket.backends.Policy.fingerprint`
+            gives it: ``(capacity, refill per second, overdraft, min_start, initial)``.
+        requested: This object's policy, in the same form.
+    """
+
+    def __init__(self, name: str, stored: tuple[float, ...], requested: tuple[float, ...]) -> None:
+        super().__init__(name, stored, requested)
+        self.name = name
+        self.stored = tuple(stored)
+        self.requested = tuple(requested)
+
+    def __str__(self) -> str:
+        return (
+            f"bucket {self.name!r} is stored with policy ({_format_policy(self.stored)}), but this object has "
+            f"({_format_policy(self.requested)}): build every bucket of one name with one policy, or call "
+            "reconfigure() to change the stored one (the balance carries over)"
         )
 
 

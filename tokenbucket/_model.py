@@ -45,6 +45,7 @@ __all__ = [
     "describe",
     "fresh",
     "refill_tokens",
+    "reconfigure",
     "refundable",
     "reserve",
     "settle",
@@ -52,6 +53,10 @@ __all__ = [
     "sync",
     "try_take",
 ]
+
+
+SLACK = 1e-9
+"""`Policy.slack` as a fraction of the capacity (the Lua scripts use the same)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,11 @@ class Policy:
         min_start: With an overdraft, the balance a request needs to start.
         initial: The balance of a bucket that is created or found missing.
         refill: ``rate.per_second``, precomputed.
+        slack: The shortfall that is float rounding, not a shortfall:
+            ``capacity × 1e-9``. Refilling in pieces (a second and a half, then
+            half a second) can leave the balance a few units in the last place
+            below what one piece gives, and a request that is due must not
+            wait for it. A start is never short by more than this.
     """
 
     rate: Rate
@@ -74,6 +84,7 @@ class Policy:
     min_start: float
     initial: float
     refill: float
+    slack: float
 
     @classmethod
     def build(
@@ -112,7 +123,7 @@ class Policy:
             init = check_amount("initial", initial)
             if init > cap:
                 raise ConfigurationError(f"initial must be no greater than capacity {cap:g}, got {initial!r}")
-        return cls(rate, float(cap), debt, start, init, rate.per_second)
+        return cls(rate, float(cap), debt, start, init, rate.per_second, float(cap) * SLACK)
 
     @property
     def max_cost(self) -> float:
@@ -124,6 +135,15 @@ class Policy:
         if self.overdraft == 0.0:
             return cost
         return max(self.min_start, cost - self.overdraft)
+
+    def fingerprint(self) -> tuple[float, float, float, float, float]:
+        """The numbers that decide what the bucket does, as stores remember them.
+
+        ``(capacity, refill, overdraft, min_start, initial)``, with ``min_start``
+        0 in a strict bucket (where it plays no part). Two policies with one
+        fingerprint are the same policy: ``"5/minute"`` and ``"300/hour"`` are.
+        """
+        return (self.capacity, self.refill, self.overdraft, self.min_start if self.overdraft else 0.0, self.initial)
 
     def check(self, cost: float) -> None:
         """Raise `CostExceedsCapacity` if ``cost`` can never start."""
@@ -253,9 +273,12 @@ def try_take(tokens: float, updated: float, now: float, cost: float, policy: Pol
         tokens += (now - updated) * policy.refill
         if tokens > cap:
             tokens = cap
+    slack = policy.slack
     if debt == 0.0:
-        return tokens - cost if tokens >= cost else None
-    return tokens - cost if tokens >= policy.min_start and tokens - cost >= -debt else None
+        return tokens - cost if tokens >= cost - slack else None
+    if tokens >= policy.min_start - slack and tokens - cost >= -debt - slack:
+        return tokens - cost
+    return None
 
 
 def advance(state: BucketState, policy: Policy, now: float) -> BucketState:
@@ -289,10 +312,15 @@ def reserve(
         CostExceedsCapacity: ``cost`` can never start under ``policy``.
     """
     policy.check(cost)
+    now = max(now, state.updated)  # a clock that stepped back: time stands still until it catches up
     s = advance(state, policy, now)
     t0 = s.updated
     level = policy.start_level(cost)
-    start = t0 if s.tokens >= level else t0 + (level - s.tokens) / policy.refill
+    start = t0
+    if s.tokens < level - policy.slack:
+        start = t0 + (level - s.tokens) / policy.refill
+        if start == t0:  # a wait too short for a float at t0: it is still a wait, of one step
+            start = t0 + math.ldexp(1.0, math.frexp(t0)[1] - 53)
     if s.pending and s.pending[-1].start > start:
         start = s.pending[-1].start  # never ahead of an earlier reservation
     delay = max(0.0, start - now)
@@ -369,6 +397,17 @@ def sync(state: BucketState, policy: Policy, now: float, remaining: float) -> Bu
     """
     s = advance(state, policy, now)
     return BucketState(min(policy.capacity, remaining - s.promised), s.updated, s.pending)
+
+
+def reconfigure(state: BucketState, old: Policy, new: Policy, now: float) -> BucketState:
+    """Carry a bucket's balance over from policy ``old`` to ``new``.
+
+    The state is brought up to ``now`` under ``old`` (what the bucket had
+    refilled so far is its own), then the balance is capped at the new
+    capacity. Waiting reservations keep their start times and their charges.
+    """
+    s = advance(state, old, now)
+    return BucketState(min(new.capacity, s.tokens), s.updated, s.pending)
 
 
 def snapshot(state: BucketState, policy: Policy, now: float) -> Snapshot:

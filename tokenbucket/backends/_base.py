@@ -39,6 +39,10 @@ class Backend(Protocol):
     in every thread and (for shared stores) every process. A method that raises
     has changed nothing. Failures of the store are raised as
     `tokenbucket.BackendError`.
+
+    The state remembers the policy it was created with (compare
+    `Policy.fingerprint`): every method but ``reconfigure`` raises
+    `tokenbucket.PolicyMismatch`, changing nothing, when ``policy`` is another.
     """
 
     @property
@@ -67,6 +71,10 @@ class Backend(Protocol):
 
     def snapshot(self, key: str, policy: Policy, now: float | None) -> Snapshot:
         """Describe the bucket without changing it."""
+        ...
+
+    def reconfigure(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """Make ``policy`` the bucket's policy, carrying the balance over (`_model.reconfigure`)."""
         ...
 
 
@@ -99,4 +107,8 @@ class AsyncBackend(Protocol):
 
     async def snapshot(self, key: str, policy: Policy, now: float | None) -> Snapshot:
         """See `Backend.snapshot`."""
+        ...
+
+    async def reconfigure(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `Backend.reconfigure`."""
         ...

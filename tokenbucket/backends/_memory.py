@@ -8,6 +8,7 @@ import time
 
 from .. import _model
 from .._clock import Clock
+from .._exceptions import PolicyMismatch
 from .._model import BucketState, Policy, Snapshot, try_take
 from ._base import Ticket
 from ._memory_lease import MemoryLeaseStore
@@ -20,7 +21,8 @@ class _Slot:
 
     __slots__ = ("pending", "policy", "tokens", "updated")
 
-    def __init__(self, state: BucketState, policy: Policy) -> None:
+    def __init__(self, policy: Policy, now: float) -> None:
+        state = _model.fresh(policy, now)
         self.tokens = state.tokens
         self.updated = state.updated
         self.pending = state.pending
@@ -46,6 +48,10 @@ class MemoryBackend(MemoryLeaseStore):
     Every operation holds one lock for a few microseconds and never blocks
     otherwise, so the asyncio front end calls it directly.
 
+    A bucket remembers its policy: an operation from a bucket object built
+    with another policy raises `tokenbucket.PolicyMismatch` and changes
+    nothing (``reconfigure`` changes it on purpose).
+
     It also keeps leases for `tokenbucket.LeaseLock` and
     `tokenbucket.AsyncLeaseLock` (it implements
     `tokenbucket.backends.LeaseBackend`; see ``_memory_lease.MemoryLeaseStore``).
@@ -70,14 +76,14 @@ class MemoryBackend(MemoryLeaseStore):
         return len(self._slots)
 
     def _slot(self, key: str, policy: Policy, now: float) -> _Slot:
-        """The slot of ``key``, created if missing; it remembers ``policy``, the one last used on it."""
+        """The slot of ``key``, created with ``policy`` if missing; `PolicyMismatch` if it has another."""
         slot = self._slots.get(key)
         if slot is None:
             if len(self._slots) >= self._sweep_at:
                 self._sweep(now)
-            slot = self._slots[key] = _Slot(_model.fresh(policy, now), policy)
-        else:
-            slot.policy = policy
+            slot = self._slots[key] = _Slot(policy, now)
+        elif slot.policy is not policy:
+            _same(key, slot, policy)
         return slot
 
     def _sweep(self, now: float) -> None:
@@ -107,14 +113,14 @@ class MemoryBackend(MemoryLeaseStore):
             if slot is None:
                 slot = self._slot(key, policy, now)
             elif slot.policy is not policy:
-                slot.policy = policy
+                _same(key, slot, policy)
             if not slot.pending:
                 left = try_take(slot.tokens, slot.updated, now, cost, policy)
                 if left is not None:
                     slot.tokens = left
                     if now > slot.updated:
                         slot.updated = now
-                    return True, 0.0, None
+                    return _AT_ONCE
             result = _model.reserve(slot.state(), policy, now, cost, max_wait, next(self._ids))
             slot.store(result.state)
             if isinstance(result, _model.Rejected):
@@ -157,5 +163,33 @@ class MemoryBackend(MemoryLeaseStore):
             if now is None:
                 now = self._now()
             slot = self._slots.get(key)
-            state = _model.fresh(policy, now) if slot is None else slot.state()
-            return _model.snapshot(state, policy, now)
+            if slot is None:
+                return _model.snapshot(_model.fresh(policy, now), policy, now)
+            if slot.policy is not policy:
+                _same(key, slot, policy)
+            return _model.snapshot(slot.state(), policy, now)
+
+    def reconfigure(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.reconfigure`."""
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slot(key, policy, now)
+            else:
+                slot.store(_model.reconfigure(slot.state(), slot.policy, policy, now))
+                slot.policy = policy
+            return _model.snapshot(slot.state(), policy, now)
+
+
+_AT_ONCE: Ticket = (True, 0.0, None)
+
+
+def _same(key: str, slot: _Slot, policy: Policy) -> None:
+    """Let ``policy`` use ``slot`` if it is the policy the slot has (another object of it); else raise."""
+    stored = slot.policy.fingerprint()
+    requested = policy.fingerprint()
+    if stored != requested:
+        raise PolicyMismatch(key, stored, requested)
+    slot.policy = policy

@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import struct
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._exceptions import BackendError, ConfigurationError
+from .._exceptions import BackendError, ConfigurationError, PolicyMismatch
 from .._model import Policy, Snapshot, describe
 from .._validate import check_nonnegative, check_positive
 from ._base import Ticket
@@ -57,7 +58,8 @@ def lua_source(name: str) -> str:
 
     A ``bucket_*`` script is returned with the shared prelude ``bucket.lua``
     in front of it, ready for ``SCRIPT LOAD``, and before that the line
-    setting the prelude's ``WRITES`` (false only for ``bucket_snapshot``).
+    setting the prelude's ``WRITES`` (false only for ``bucket_snapshot``) and
+    ``ADOPT`` (true only for ``bucket_reconfigure``).
 
     Raises:
         FileNotFoundError: there is no such script.
@@ -67,32 +69,43 @@ def lua_source(name: str) -> str:
     if name.startswith("bucket_"):
         writes = "false" if name == "bucket_snapshot" else "true"
         prelude = folder.joinpath("bucket.lua").read_text(encoding="utf-8")
-        text = f"local WRITES = {writes}\n{prelude}\n{text}"
+        adopt = "true" if name == "bucket_reconfigure" else "false"
+        text = f"local WRITES, ADOPT = {writes}, {adopt}\n{prelude}\n{text}"
     return text
 
 
 _POLICY = struct.Struct("<6d")
 """A policy as the bucket scripts take it (ARGV[2], see ``lua/bucket.lua``)."""
 
-_STATE = struct.Struct("<10d")
+_STATE = struct.Struct("<11d")
 _STATE_FIELDS = (
-    *("tokens", "updated", "last_id", "last_start"),
+    *("tokens", "updated", "last_id", "last_start", "epoch"),
     *("cap", "refill", "overdraft", "min_start", "initial", "idle_ms"),  # the policy, as in ARGV[2]
 )
+_STATE_0_1 = struct.Struct("<10d")
+"""The state as tokenbucket 0.1 wrote it: no epoch (times count from 0)."""
+
+_MISMATCH = re.compile(r"tokenbucket-policy (\S+) (\S+) (\S+) (\S+) (\S+)")
+"""The error a bucket script returns for a policy other than the stored one (see ``lua/bucket.lua``)."""
 
 
 def parse_state(raw: bytes | None) -> dict[str, float] | None:
     """The fields of a bucket key's value (``{<prefix><name>}:bucket``, see ``lua/bucket.lua``); None if missing.
 
     The fields are ``tokens``, ``updated``, ``last_id``, ``last_start`` (absent
-    when no reservation waits), and the policy: ``cap``, ``refill``,
-    ``overdraft``, ``min_start``, ``initial``, ``idle_ms``. For operators (the CLI).
+    when no reservation waits), ``epoch`` (what ``updated`` and ``last_start``
+    count from: ``1.78e9`` on the server's clock, 0 on a client's), and the
+    policy: ``cap``, ``refill``, ``overdraft``, ``min_start``, ``initial``,
+    ``idle_ms``. For operators (the CLI).
 
     Raises:
         ValueError: ``raw`` is not a bucket's state.
     """
     if raw is None:
         return None
+    if isinstance(raw, bytes) and len(raw) == _STATE_0_1.size:
+        old = _STATE_0_1.unpack(raw)
+        raw = _STATE.pack(*old[:4], 0.0, *old[4:])
     if not isinstance(raw, bytes) or len(raw) != _STATE.size:
         raise ValueError(f"not the state of a tokenbucket bucket ({_STATE.size} bytes): {raw[:100]!r}")
     state = dict(zip(_STATE_FIELDS, _STATE.unpack(raw), strict=True))
@@ -225,8 +238,7 @@ class _RedisCommon:
         """ARGV for a bucket script (see ``lua/bucket.lua``), encoded once so redis-py sends them as they are."""
         packed = self._policies.get(policy)
         if packed is None:
-            fields = (policy.capacity, policy.refill, policy.overdraft, policy.min_start, policy.initial)
-            packed = _POLICY.pack(*fields, self._idle_ms)
+            packed = _POLICY.pack(*policy.fingerprint(), self._idle_ms)
             if len(self._policies) >= _CACHE_LIMIT:
                 self._policies.clear()
             self._policies[policy] = packed
@@ -274,6 +286,15 @@ def _ticket(reply: Any) -> Ticket:
         return _AT_ONCE
     admitted, seconds, rid = reply.split()
     return admitted in (b"1", "1"), float(seconds), (int(rid) or None)
+
+
+def _mismatch(exc: BackendError, key: str, args: list[bytes]) -> PolicyMismatch | None:
+    """The `PolicyMismatch` a bucket script reported in ``exc``, if that is what it reports."""
+    found = _MISMATCH.search(str(exc.__cause__))
+    if found is None:
+        return None
+    stored = tuple(float(field) for field in found.groups())
+    return PolicyMismatch(key, stored, _POLICY.unpack(args[1])[:5])
 
 
 def _describe(reply: Any, policy: Policy) -> Snapshot:
@@ -472,11 +493,17 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         """Run ``bucket_<op>.lua`` for bucket ``key``: one EVALSHA (the script object reloads it on NOSCRIPT)."""
         script = self._script("bucket_" + op)
         keys = self._wire_keys(key)
-        with map_redis_errors(op, self._client, key):
-            try:
-                return self._client.evalsha(script.sha, 3, *keys, *args)
-            except self._noscript:
-                return script(keys, args)
+        try:
+            with map_redis_errors(op, self._client, key):
+                try:
+                    return self._client.evalsha(script.sha, 3, *keys, *args)
+                except self._noscript:
+                    return script(keys, args)
+        except BackendError as exc:
+            mismatch = _mismatch(exc, key, args)
+            if mismatch is None:
+                raise
+            raise mismatch from None
 
     def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
         """See `tokenbucket.backends.Backend.reserve`; when Redis is unreachable, see ``on_unavailable``."""
@@ -518,6 +545,11 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         """See `tokenbucket.backends.Backend.snapshot`. Writes nothing."""
         args = self._args(policy, now)
         reply = self._bucket("snapshot", key, args)
+        return _describe(reply, policy)
+
+    def reconfigure(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.reconfigure`."""
+        reply = self._bucket("reconfigure", key, self._args(policy, now))
         return _describe(reply, policy)
 
 
@@ -624,11 +656,17 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         """Run ``bucket_<op>.lua`` for bucket ``key``: one EVALSHA (the script object reloads it on NOSCRIPT)."""
         script = self._script("bucket_" + op)
         keys = self._wire_keys(key)
-        with map_redis_errors(op, self._client, key):
-            try:
-                return await self._client.evalsha(script.sha, 3, *keys, *args)
-            except self._noscript:
-                return await script(keys, args)
+        try:
+            with map_redis_errors(op, self._client, key):
+                try:
+                    return await self._client.evalsha(script.sha, 3, *keys, *args)
+                except self._noscript:
+                    return await script(keys, args)
+        except BackendError as exc:
+            mismatch = _mismatch(exc, key, args)
+            if mismatch is None:
+                raise
+            raise mismatch from None
 
     async def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
         """See `tokenbucket.backends.Backend.reserve`; when Redis is unreachable, see ``on_unavailable``."""
@@ -670,4 +708,9 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         """See `tokenbucket.backends.Backend.snapshot`. Writes nothing."""
         args = self._args(policy, now)
         reply = await self._bucket("snapshot", key, args)
+        return _describe(reply, policy)
+
+    async def reconfigure(self, key: str, policy: Policy, now: float | None) -> Snapshot:
+        """See `tokenbucket.backends.Backend.reconfigure`."""
+        reply = await self._bucket("reconfigure", key, self._args(policy, now))
         return _describe(reply, policy)

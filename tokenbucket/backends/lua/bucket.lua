@@ -6,15 +6,18 @@
 -- the two step by step); read the docstrings there for the why.
 --
 -- KEYS (every bucket script; one hash tag, so a bucket lives in one cluster slot):
---   KEYS[1]  string  {<prefix><name>}:bucket  the state, 80 bytes: ten little-endian doubles,
---                    struct '<dddd' then ARGV[2] as last written: the balance a new request sees,
+--   KEYS[1]  string  {<prefix><name>}:bucket  the state, 88 bytes: eleven little-endian doubles,
+--                    struct '<ddddd' then ARGV[2] as last written: the balance a new request sees,
 --                    when it was computed (s), the last reservation id handed out, the start of the
---                    last pending reservation (-inf when none), then the policy (for operators: the
---                    CLI reads it back, see tokenbucket.backends._redis.parse_state)
+--                    last pending reservation (-inf when none), the epoch those two times count
+--                    from, then the policy (for operators: the CLI reads it back, see
+--                    tokenbucket.backends._redis.parse_state). tokenbucket 0.1 wrote 80 bytes,
+--                    without the epoch (0); they are read as such.
 --   KEYS[2]  zset    {<prefix><name>}:queue   reservations not started: member = id, score = start (s)
 --   KEYS[3]  hash    {<prefix><name>}:costs   reservations not started: field = id, value = cost
 -- ARGV (every bucket script):
---   ARGV[1]  now in seconds, or "" to read the server clock (TIME)
+--   ARGV[1]  now in seconds, or "" to read the server clock (TIME), counted from EPOCH so that
+--            start times keep their precision (at 1.8e9 s a double resolves 0.24 us; at 1e8 s, 15 ns)
 --   ARGV[2]  the policy, 48 bytes: six little-endian doubles (struct '<dddddd'): capacity, refill
 --            per second, overdraft (inf for none), min_start, initial (the balance of a bucket created
 --            or found missing), idle_ms (how long a full bucket with nothing pending is kept)
@@ -30,8 +33,14 @@
 -- loading and advancing are straight-line code, not functions (a Lua closure is
 -- created on every call, and costs more than the arithmetic).
 --
--- WRITES: true unless the operation only reads (bucket_snapshot). The loader
--- (tokenbucket.backends._redis.lua_source) sets it on the line before this prelude.
+-- WRITES: true unless the operation only reads (bucket_snapshot). ADOPT: true for
+-- bucket_reconfigure, which replaces the stored policy (every other operation refuses a
+-- policy that differs from the stored one). The loader (tokenbucket.backends._redis.lua_source)
+-- sets both on the lines before this prelude.
+--
+-- A policy that differs from the stored one (the first 40 bytes: idle_ms may differ) is
+-- refused with the error 'tokenbucket-policy <capacity> <refill> <overdraft> <min_start>
+-- <initial>' (the stored one), before anything is written.
 
 if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   redis.replicate_commands() -- Redis < 7: replicate effects, so TIME may precede writes
@@ -45,30 +54,56 @@ if #policy ~= 48 then
   return redis.error_reply('ERR tokenbucket: the policy (ARGV[2]) must be 48 bytes, six packed doubles')
 end
 local cap, refill, debt, min_start, initial, idle_ms = unpack_doubles('<dddddd', policy)
-local now
+-- Server time counts from EPOCH (2026-05-28), a client's time from 0: `frame` says which.
+local EPOCH = 1780000000
+local now, frame
 if ARGV[1] == '' then
   local t = call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  now, frame = (tonumber(t[1]) - EPOCH) + tonumber(t[2]) / 1000000, EPOCH
 else
-  now = tonumber(ARGV[1])
+  now, frame = tonumber(ARGV[1]), 0
 end
 
 -- The state: `tokens` as a new request sees it, `updated`, the last id handed
--- out, and the start of the last pending reservation (nil when none).
-local tokens, updated, last_id, last_start
+-- out, the start of the last pending reservation (nil when none), and the
+-- epoch `updated` and the queue's start times count from.
+local tokens, updated, last_id, last_start, epoch
 
 -- Load it. A missing bucket is created per `initial` (fresh() in the model);
 -- writers also drop queue entries a lost bucket left behind. A key holding
 -- something else is an error, never overwritten.
 local raw = call('GET', B)
 if raw then
-  if #raw ~= 80 then
+  local stored
+  if #raw == 88 then
+    tokens, updated, last_id, last_start, epoch = unpack_doubles('<ddddd', raw)
+    stored = string.sub(raw, 41, 80)
+  elseif #raw == 80 then -- written by tokenbucket 0.1: absolute times
+    tokens, updated, last_id, last_start = unpack_doubles('<dddd', raw)
+    epoch = 0
+    stored = string.sub(raw, 33, 72)
+  else
     return redis.error_reply('ERR tokenbucket: ' .. B .. ' does not hold the state of a bucket')
   end
-  tokens, updated, last_id, last_start = unpack_doubles('<dddd', raw)
+  if stored ~= string.sub(policy, 1, 40) then
+    local c, r, d, m, i = unpack_doubles('<ddddd', stored)
+    if not ADOPT then
+      return redis.error_reply(sformat('ERR tokenbucket-policy %.17g %.17g %.17g %.17g %.17g', c, r, d, m, i))
+    end
+    cap, refill, debt, min_start, initial = c, r, d, m, i -- advance under the stored policy
+  end
   if last_start == NONE then last_start = nil end
+  if epoch ~= frame then
+    if WRITES and not last_start then
+      updated, epoch = updated + (epoch - frame), frame -- nothing queued: move to this call's frame
+    else
+      now = now + (frame - epoch) -- count this call's time from the stored epoch
+    end
+  end
+  -- A clock that stepped back: time stands still until it catches up (as in the model).
+  if now < updated then now = updated end
 else
-  tokens, updated, last_start = initial, now, nil
+  tokens, updated, last_start, epoch = initial, now, nil, frame
   if WRITES then
     call('DEL', Q, C)
     -- ids keep growing across a lost state: seed them from the server clock in microseconds
@@ -132,7 +167,7 @@ local function save(queued)
   if last_start and last_start - updated > need then need = last_start - updated end
   local ms = math.ceil(math.max(0, need) * 1000) + idle_ms
   if ms < 1000 then ms = 1000 elseif ms > 1e15 then ms = 1e15 end
-  call('SET', B, pack('<dddd', tokens, updated, last_id, last_start or NONE) .. policy, 'PX', ms)
+  call('SET', B, pack('<ddddd', tokens, updated, last_id, last_start or NONE, epoch) .. policy, 'PX', ms)
   if queued then
     call('PEXPIRE', Q, ms)
     call('PEXPIRE', C, ms)

@@ -14,7 +14,13 @@ local t0 = updated
 local level = cost -- the level the balance must reach to start (Policy.start_level)
 if debt ~= 0 then level = math.max(min_start, cost - debt) end
 local start = t0
-if tokens < level then start = t0 + (level - tokens) / refill end
+if tokens < level - cap * 1e-9 then -- a shortfall within the slack is rounding (Policy.slack)
+  start = t0 + (level - tokens) / refill
+  if start == t0 then -- a wait too short for a double at t0: still a wait, of one step (as in the model)
+    local _, e = math.frexp(t0)
+    start = t0 + math.ldexp(1, e - 53)
+  end
+end
 if last_start and last_start > start then start = last_start end -- never ahead of an earlier reservation
 local delay = math.max(0, start - now)
 if max_wait and delay > max_wait then
