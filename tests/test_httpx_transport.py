@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,6 +36,7 @@ from tokenbucket import (
     CostModel,
     HeaderReconciler,
     MemoryBackend,
+    PolicyMismatch,
     Rate,
     TokenBucket,
     UpstreamRateLimited,
@@ -408,6 +409,47 @@ def test_adopts_the_upstream_rate_only_when_asked() -> None:
         with httpx.Client(transport=transport) as client:
             client.get("http://upstream/")
         assert bucket.rate == expected
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_transport_that_syncs_rates_follows_a_new_rate_another_process_adopted(kind: str) -> None:
+    def upgraded(request: httpx.Request) -> httpx.Response:  # the plan went from 300 to 60 a minute
+        return httpx.Response(200, json=keepa_body(left=50, consumed=1, rate_per_minute=60))
+
+    first = virtual_bucket()
+    backend, clock = first.backend, first._clock
+    with httpx.Client(transport=RateLimitedTransport(httpx.MockTransport(upgraded), first, sync_rate=True)) as c:
+        c.get("http://upstream/")  # this process saw the new rate and stored it
+    assert first.rate == Rate(60, 60)
+
+    def other(sync_rate: bool) -> Any:  # another process, still built with the old rate
+        name = first.name
+        if kind == "sync":
+            bucket = TokenBucket(name, "5/second", capacity=100, backend=backend, clock=clock)
+            return bucket, RateLimitedTransport(httpx.MockTransport(upgraded), bucket, sync_rate=sync_rate)
+        abucket = AsyncTokenBucket(name, "5/second", capacity=100, backend=backend, clock=clock)
+        return abucket, AsyncRateLimitedTransport(httpx.MockTransport(upgraded), abucket, sync_rate=sync_rate)
+
+    async def get(transport: Any) -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            await client.get("http://upstream/")
+
+    for sync_rate in (False, True):
+        bucket, transport = other(sync_rate)
+        if kind == "sync":
+            with httpx.Client(transport=transport) as client:
+                call: Callable[[], Any] = lambda: client.get("http://upstream/")  # noqa: E731
+                if sync_rate:
+                    call()
+                else:
+                    with pytest.raises(PolicyMismatch):
+                        call()
+        elif sync_rate:
+            asyncio.run(get(transport))
+        else:
+            with pytest.raises(PolicyMismatch):
+                asyncio.run(get(transport))
+        assert bucket.rate.per_second == (1.0 if sync_rate else 5.0)  # followed only when it syncs rates
 
 
 def test_rejects_bad_configuration() -> None:

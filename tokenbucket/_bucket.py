@@ -20,7 +20,7 @@ from . import _events
 from ._clock import Clock, SystemClock
 from ._cost import CostModel
 from ._events import Listened, Listener
-from ._exceptions import AcquireTimeout, ConfigurationError, TokenBucketError
+from ._exceptions import AcquireTimeout, ConfigurationError, PolicyMismatch, TokenBucketError
 from ._flow import Call as _Call
 from ._flow import adrive, drive
 from ._model import Policy, Snapshot, refundable
@@ -537,6 +537,19 @@ class _BucketBase(Listened):
         snap: Snapshot = yield _Call("reconfigure", self.name, policy, self._now())
         self.policy = policy
         return snap
+
+    def _follow_rate(self, mismatch: PolicyMismatch) -> bool:
+        """Adopt the stored refill rate if it is all that differs from this object's policy; say if it was.
+
+        For integrations that keep a bucket's rate in step with the upstream's
+        (``sync_rate=True``): another process has synced a new upstream rate.
+        """
+        stored, mine = mismatch.stored, self.policy.fingerprint()
+        if mismatch.name != self.name or len(stored) != 5 or stored[:1] + stored[2:] != mine[:1] + mine[2:]:
+            return False
+        p = self.policy
+        self.policy = Policy.build(Rate(stored[1], 1.0), p.capacity, p.overdraft, p.min_start, p.initial)
+        return True
 
     def _snapshot_flow(self) -> _Flow[Snapshot]:
         snap: Snapshot = yield _Call("snapshot", self.name, self.policy, self._now())

@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 
 from .._bucket import ESTIMATE, AsyncGrant, AsyncTokenBucket, Grant, TokenBucket
-from .._exceptions import ConfigurationError, UpstreamRateLimited
+from .._exceptions import ConfigurationError, PolicyMismatch, UpstreamRateLimited
 from .._flow import adrive, drive
 from .._model import Snapshot
 from .._reconcile import KeepaReconciler, Reconciler
@@ -348,7 +348,10 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
         reconciler: Reads the upstream's report; default `tokenbucket.KeepaReconciler`.
         max_retries: Retries after a 429 before raising `tokenbucket.UpstreamRateLimited`.
         timeout: Longest wait for tokens, in seconds (`tokenbucket.AcquireTimeout` beyond).
-        sync_rate: Adopt the refill rate the upstream reports.
+        sync_rate: Adopt the refill rate the upstream reports. The bucket's
+            stored policy then follows the upstream (see `TokenBucket.reconfigure`),
+            and a transport whose bucket meets a stored rate another process
+            adopted follows it too, instead of raising `tokenbucket.PolicyMismatch`.
 
     For example:
 
@@ -373,7 +376,12 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
         def perform(step: _Step) -> Any:
             if type(step) is _Reserve:
                 with ledger.lock:
-                    res = bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                    try:
+                        res = bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                    except PolicyMismatch as exc:  # another process synced a new upstream rate: follow it
+                        if not (self.sync_rate and bucket._follow_rate(exc)):
+                            raise
+                        res = bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
                     return res, ledger.begin(res.cost, res.start)
             if type(step) is _Wait:
                 return step.reservation.wait()
@@ -427,7 +435,12 @@ class AsyncRateLimitedTransport(_RateLimitedBase, httpx.AsyncBaseTransport):
         async def perform(step: _Step) -> Any:
             if type(step) is _Reserve:
                 async with lock:
-                    res = await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                    try:
+                        res = await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                    except PolicyMismatch as exc:  # another process synced a new upstream rate: follow it
+                        if not (self.sync_rate and bucket._follow_rate(exc)):
+                            raise
+                        res = await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
                     return res, ledger.begin(res.cost, res.start)
             if type(step) is _Wait:
                 return await step.reservation.wait()
