@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from redis_servers import RedisClusterServers, RedisServer, keys_without_ttl
+from redis_servers import SECRET, RedisClusterServers, RedisServer, keys_without_ttl
 
 from tokenbucket import (
     AsyncGrant,
@@ -168,6 +168,15 @@ def private_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def locked_redis_server(private_redis_server: RedisServer) -> RedisServer:
+    """The private server with ``requirepass`` set to `redis_servers.SECRET` (for tests that no output shows it)."""
+    client = private_redis_server.client()
+    client.config_set("requirepass", SECRET)
+    client.close()
+    return private_redis_server
 
 
 @pytest.fixture(scope="session")

@@ -203,6 +203,11 @@ class RedisClusterServers:
         return f"redis://{self.host}:{self.ports[0]}"
 
     @property
+    def pids(self) -> list[int]:
+        """The nodes' process ids, in the order of `ports` (to SIGSTOP one and SIGCONT it)."""
+        return [e.process.pid for e in self._executors if e.process is not None]
+
+    @property
     def startup_nodes(self) -> list[redis.cluster.ClusterNode]:
         """Every node, for ``redis.cluster.RedisCluster(startup_nodes=...)``."""
         return [redis.cluster.ClusterNode(self.host, port) for port in self.ports]
@@ -276,3 +281,25 @@ class RedisClusterServers:
 
     def __repr__(self) -> str:
         return f"RedisClusterServers(ports={self.ports})"
+
+
+SECRET = "s3cr3t-pw"
+"""The password of the ``locked_redis_server`` fixture."""
+
+
+def secret_urls(port: int, secret: str = SECRET) -> list[str]:
+    """Redis URLs that carry ``secret`` as a password, in every form a user may type, each failing somehow.
+
+    For tests that no output shows the password: ``port`` is a server with ``requirepass`` set.
+    """
+    return [
+        f"redis://:wrong-{secret}@127.0.0.1:{port}/0",  # wrong password
+        f"redis://default:wrong-{secret}@127.0.0.1:{port}/0",  # wrong password, with a user
+        f"redis://127.0.0.1:{port}/0",  # no password, server wants one
+        f"redis://:{secret}@127.0.0.1:{free_port()}/0",  # server down
+        f"redis://:{secret}@127.0.0.1:notaport/0",  # bad port
+        f"redis://:{secret}@127.0.0.1:99999/0",  # port out of range
+        f"http://:{secret}@127.0.0.1:{port}/0",  # unknown scheme
+        f"{secret}@127.0.0.1:{port}",  # no scheme
+        f"redis://{secret}@127.0.0.1:{port}/0",  # lone userinfo
+    ]

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pty
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import tomllib
-from redis_servers import RedisServer, free_port
+from redis_servers import RedisClusterServers, RedisServer, free_port
 
 from tokenbucket import LeaseLock, RedisBackend, TokenBucket
 from tokenbucket._cli import main
@@ -108,11 +109,67 @@ class TestLocks:
         assert tb("locks", "ls", "--json", "--prefix", "nobody-uses-this:", env=env).stdout.strip() == "[]"
         assert "no Redis URL" in one_error_line(tb("locks", "ls"))
         down = tb("locks", "ls", "--timeout", "1", url=f"redis://127.0.0.1:{free_port()}/0")
-        assert "Redis failed during listing leases" in one_error_line(down)
+        assert "Redis failed during connecting at redis://127.0.0.1:" in one_error_line(down)
         assert "Connection refused" in down.stderr
         usage = tb("locks", "break", "x", url=redis_server.url)
         assert usage.returncode == 2
         assert "--expect-fence" in usage.stderr
+
+
+class TestCluster:
+    """Pointed at one node of the 3-master test cluster, the CLI sees the whole cluster."""
+
+    def test_every_command_sees_every_node(self, redis_cluster: RedisClusterServers, redis_prefix: str) -> None:
+        client = redis_cluster.client()
+        backend = RedisBackend(client, prefix=redis_prefix)
+        try:
+            names = [f"job-{i}" for i in range(8)]
+            assert len({client.get_node_from_key(backend.lease_keys(n)[0]).port for n in names}) == 3
+            leases = [LeaseLock(n, ttl=300, backend=backend, heartbeat=False).acquire() for n in names]
+            bucket_names = [f"keepa-{i}" for i in range(4)]
+            for name in bucket_names:
+                TokenBucket(name, rate="5/minute", capacity=300, overdraft=math.inf, backend=backend).acquire(40)
+            for url in (redis_cluster.url, f"redis://127.0.0.1:{redis_cluster.ports[2]}"):  # any node will do
+                listed = ok_json("locks", "ls", url=url, prefix=redis_prefix)
+                assert [e["name"] for e in listed] == names
+                for lease in leases[:3]:
+                    seen = ok_json("locks", "inspect", lease.name, url=url, prefix=redis_prefix)
+                    assert seen["fence"] == lease.fence
+                for name in bucket_names:
+                    assert ok_json("status", name, url=url, prefix=redis_prefix)["tokens"] == pytest.approx(260, abs=1)
+            synced = ok_json("sync", "keepa-1", "--remaining", "-7", url=redis_cluster.url, prefix=redis_prefix)
+            assert synced["tokens"] == pytest.approx(-7, abs=0.1)
+            watched = tb("watch", "keepa-2", "--count", "1", "--json", "--prefix", redis_prefix, url=redis_cluster.url)
+            assert watched.returncode == 0, watched.stderr
+            fence = str(leases[5].fence)
+            flags = ("--expect-fence", fence, "--prefix", redis_prefix, "--cluster")
+            broken = json.loads(tb("locks", "break", "job-5", *flags, "--json", url=redis_cluster.url).stdout)
+            assert broken["broken"] is True
+            assert backend.lease_inspect("job-5") is None
+        finally:
+            for key in client.scan_iter(match=f"{{{redis_prefix}*", target_nodes=client.ALL_NODES):
+                client.delete(key)
+            client.close()
+
+    def test_ls_never_gives_a_partial_answer_when_a_node_does_not_answer(
+        self, redis_cluster: RedisClusterServers, redis_prefix: str
+    ) -> None:
+        client = redis_cluster.client()
+        backend = RedisBackend(client, prefix=redis_prefix)
+        paused = redis_cluster.pids[2]
+        try:
+            lease = LeaseLock("held", ttl=60, backend=backend, heartbeat=False).acquire()
+            os.kill(paused, signal.SIGSTOP)
+            try:
+                result = tb("locks", "ls", "--timeout", "0.5", "--prefix", redis_prefix, url=redis_cluster.url)
+            finally:
+                os.kill(paused, signal.SIGCONT)
+            line = one_error_line(result)  # exit 1 with one line, never "no leases held" or a short list
+            assert "listing leases" in line
+            assert f"127.0.0.1:{redis_cluster.ports[2]}" in line  # it names the node that did not answer
+            lease.release()
+        finally:
+            client.close()
 
 
 class TestBuckets:

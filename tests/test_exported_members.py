@@ -85,6 +85,7 @@ def test_every_exported_name_exists_and_is_public() -> None:
 
 def test_backends_and_testing_exports() -> None:
     assert sorted(tokenbucket.backends.__all__) == tokenbucket.backends.__all__
-    for name in ["AsyncBackend", "Backend", "MemoryBackend", "Policy", "Snapshot", "Ticket"]:
+    protocols = ["AsyncBackend", "Backend", "MemoryBackend", "Policy", "Snapshot", "Ticket"]
+    for name in [*protocols, "redact_secret", "redact_url"]:
         assert name in tokenbucket.backends.__all__
     assert tokenbucket.testing.__all__ == ["ManualClock"]

@@ -234,6 +234,31 @@ def test_leases_on_a_cluster(redis_cluster: RedisClusterServers, redis_prefix: s
         client.close()
 
 
+def test_async_lease_list_on_a_cluster_scans_every_master(
+    redis_cluster: RedisClusterServers, redis_prefix: str
+) -> None:
+    async def scenario() -> list[str]:
+        backend = AsyncRedisBackend.from_url(redis_cluster.url, cluster=True, prefix=redis_prefix)
+        try:
+            names = [f"job-{i}" for i in range(8)]
+            leases = [await AsyncLeaseLock(n, ttl=30, backend=backend, heartbeat=False).acquire() for n in names]
+            listed = [info.name for info in await backend.lease_list()]
+            for lease in leases:
+                await lease.release()
+            return listed
+        finally:
+            await backend.aclose()
+
+    client = redis_cluster.client()
+    try:
+        keys = RedisBackend(client, prefix=redis_prefix)
+        ports = {client.get_node_from_key(keys.lease_keys(f"job-{i}")[0]).port for i in range(8)}
+    finally:
+        client.close()
+    assert len(ports) == 3  # the names land on every master
+    assert asyncio.run(scenario()) == [f"job-{i}" for i in range(8)]
+
+
 # ------------------------------------------------------------------ crashed, paused and hung holders
 
 

@@ -141,7 +141,20 @@ def test_huge_debt_gets_a_finite_ttl(backend: RedisBackend, redis_client: redis.
     bucket = keepa(backend, ManualClock())
     bucket.acquire(1).settle(1e15)  # the largest settle allowed (tokenbucket._validate.MAX_AMOUNT)
     assert bucket.snapshot().debt > 9e14
-    assert 0 < redis_client.pttl(backend.bucket_keys("keepa")[0]) <= 10**15
+    month = 30 * 86400 * 1000
+    assert month < redis_client.pttl(backend.bucket_keys("keepa")[0]) <= month + 60_000  # 30 days + idle_ttl
+
+
+def test_a_reservation_far_ahead_keeps_its_queue_for_at_most_30_days(
+    backend: RedisBackend, redis_client: redis.Redis
+) -> None:
+    bucket = keepa(backend, ManualClock())
+    bucket.sync(-1e9)  # a billion tokens of debt: 380 years at 5 a minute
+    waiting = bucket.reserve(10)
+    assert waiting.delay > 1e10
+    month = 30 * 86400 * 1000
+    for key in backend.bucket_keys("keepa"):
+        assert month < redis_client.pttl(key) <= month + 60_000
 
 
 def test_many_waiters_are_forgotten_once_started(backend: RedisBackend, redis_client: redis.Redis) -> None:

@@ -10,7 +10,9 @@ Buckets and leases on Redis, seen and repaired from a shell:
     tokenbucket locks break backfill_deals --expect-fence 1795872303222
     tokenbucket simulate --rate 5/minute ...       # what-if, in virtual time (no Redis)
 
-The server is ``--url`` or ``$TOKENBUCKET_REDIS_URL``; ``--prefix`` is the
+The server is ``--url`` or ``$TOKENBUCKET_REDIS_URL`` (any node of a Redis
+Cluster: the command sees the whole cluster, detected from the node or forced
+with ``--cluster``; no output shows the URL's password); ``--prefix`` is the
 key prefix the application uses (default ``tb:``). Every read command takes
 ``--json``. Errors (Redis unreachable, no such lease, a fence that does not
 match) print one line on stderr and exit with status 1; usage errors exit 2.
@@ -103,10 +105,31 @@ def _backend(args: argparse.Namespace) -> Any:
         from .backends._redis import RedisBackend
     except ImportError as exc:  # pragma: no cover - the redis extra is missing
         raise CommandError(f"the Redis client is not installed: pip install 'tokenbucket[redis]' ({exc})") from exc
+    from .backends._redis_errors import map_redis_errors, redact_secret, redact_url, unreachable
+
+    def connect(cluster: bool) -> Any:
+        try:
+            return RedisBackend.from_url(
+                url, prefix=args.prefix, socket_timeout=args.timeout, connect_timeout=args.timeout, cluster=cluster
+            )
+        except (ValueError, ConfigurationError) as exc:
+            raise CommandError(redact_secret(f"bad --url {redact_url(url)!r}: {exc}", url)) from None
+
+    if args.cluster:
+        return connect(True)
+    backend = connect(False)
+    # A node of a Redis Cluster holds only its slots: ask, and talk to the whole cluster if it is one.
     try:
-        return RedisBackend.from_url(url, prefix=args.prefix, socket_timeout=args.timeout, connect_timeout=args.timeout)
-    except (ValueError, ConfigurationError) as exc:
-        raise CommandError(f"bad --url {url!r}: {exc}") from exc
+        with map_redis_errors("connecting", backend.client):
+            clustered = str(backend.client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except TokenBucketError as exc:
+        if unreachable(exc):
+            raise
+        clustered = False  # INFO refused (an ACL): a cluster's operators pass --cluster
+    if not clustered:
+        return backend
+    backend.close()
+    return connect(True)
 
 
 def _stored_policy(backend: Any, name: str) -> dict[str, float]:
@@ -317,6 +340,11 @@ def _connection_options() -> argparse.ArgumentParser:
     common.add_argument("--prefix", default="tb:", help="the key prefix the application uses (default: tb:)")
     common.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for Redis (default: 3)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the URL names a node of a Redis Cluster (detected by itself when the node says so)",
+    )
     return common
 
 
@@ -395,7 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.handler(args, sys.stdout)
         return status
     except (CommandError, TokenBucketError, LeaseError) as exc:
-        print(f"tokenbucket: error: {exc}", file=sys.stderr)
+        message = f"tokenbucket: error: {exc}"
+        url = getattr(args, "url", None) or os.environ.get(URL_ENV)
+        if url:  # whatever a lower layer echoed, the password never reaches the screen
+            from .backends._redis_errors import redact_secret
+
+            message = redact_secret(message, url)
+        print(message, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

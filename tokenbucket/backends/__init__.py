@@ -12,6 +12,7 @@ from ._base import AsyncBackend, Backend, Ticket
 from ._lease_base import AsyncLeaseBackend, LeaseBackend, LeaseInfo, LeaseOwner, LeaseReply
 from ._memory import MemoryBackend
 from ._redis import AsyncRedisBackend, RedisBackend
+from ._redis_errors import redact_secret, redact_url
 
 __all__ = [
     "AsyncBackend",
@@ -27,4 +28,6 @@ __all__ = [
     "RedisBackend",
     "Snapshot",
     "Ticket",
+    "redact_secret",
+    "redact_url",
 ]

@@ -13,7 +13,47 @@ from .._exceptions import BackendError
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["describe_server", "map_redis_errors", "unreachable"]
+__all__ = ["describe_server", "map_redis_errors", "redact_secret", "redact_url", "unreachable"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password shown as ``***``, for any URL form, malformed ones included.
+
+    ``redis://user:pw@host`` becomes ``redis://user:***@host`` and
+    ``redis://:pw@host`` becomes ``redis://:***@host``; a lone userinfo
+    (``redis://pw@host``, a common slip for ``:pw``) is hidden whole. A URL
+    without userinfo is returned as it is.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    auth = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{auth}@{host}{slash}{path}"
+
+
+def _secret(url: str) -> str | None:
+    """The part of ``url`` that `redact_url` hides, if any."""
+    _, sep, rest = url.partition("://")
+    authority = (rest if sep else url).partition("/")[0]
+    if "@" not in authority:
+        return None
+    userinfo = authority.rpartition("@")[0]
+    return userinfo.partition(":")[2] or userinfo or None
+
+
+def redact_secret(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` replaced by ``***`` wherever it occurs.
+
+    For messages built by lower layers that may echo a URL or its parts
+    (a parser's error, a client's repr).
+    """
+    secret = _secret(url)
+    return text.replace(secret, "***") if secret else text
 
 
 def describe_server(client: Any) -> str:

@@ -155,9 +155,13 @@ class RedisLeaseStore(_LeaseKeys):
     def lease_list(self) -> list[LeaseInfo]:
         """See `tokenbucket.backends.LeaseBackend.lease_list`: SCAN (never KEYS), then inspect each."""
         found: list[LeaseInfo] = []
+        keys: set[str] = set()
+        for node, where in _scan_targets(self._client):  # every primary of a cluster: never a partial answer
+            with map_redis_errors(f"listing leases{where}", self._client):
+                scan = self._client.scan_iter(match=self._lease_pattern(), count=_SCAN_COUNT, **node)
+                keys.update(_text(k) for k in scan)
         with map_redis_errors("listing leases", self._client):
-            keys = list(self._client.scan_iter(match=self._lease_pattern(), count=_SCAN_COUNT))
-            for key in sorted({_text(k) for k in keys}):
+            for key in sorted(keys):
                 reply = self._lease_script("inspect")([key], [])
                 if int(reply[0]) == 1:
                     found.append(_info(reply[1:]))
@@ -168,6 +172,13 @@ class RedisLeaseStore(_LeaseKeys):
         signal = self.lease_keys(name)[2]
         with map_redis_errors(f"waiting for lease {name!r}", self._client):
             return self._client.blpop([signal], timeout=self._wait_seconds(timeout)) is not None
+
+
+def _scan_targets(client: Any) -> list[tuple[dict[str, Any], str]]:
+    """Where a SCAN must go: ``({}, "")`` for one server; each primary of a cluster, named for errors."""
+    if not hasattr(client, "get_primaries"):
+        return [({}, "")]
+    return [({"target_nodes": node}, f" on node {node.host}:{node.port}") for node in client.get_primaries()]
 
 
 class AsyncRedisLeaseStore(_LeaseKeys):
@@ -206,9 +217,16 @@ class AsyncRedisLeaseStore(_LeaseKeys):
     async def lease_list(self) -> list[LeaseInfo]:
         """See `tokenbucket.backends.LeaseBackend.lease_list`: SCAN (never KEYS), then inspect each."""
         found: list[LeaseInfo] = []
+        keys: set[str] = set()
+        if hasattr(self._client, "get_primaries"):
+            with map_redis_errors("listing leases", self._client):
+                await self._client.initialize()  # an asyncio cluster client learns its nodes on first use
+        for node, where in _scan_targets(self._client):
+            with map_redis_errors(f"listing leases{where}", self._client):
+                scan = self._client.scan_iter(match=self._lease_pattern(), count=_SCAN_COUNT, **node)
+                keys.update([_text(k) async for k in scan])
         with map_redis_errors("listing leases", self._client):
-            keys = [k async for k in self._client.scan_iter(match=self._lease_pattern(), count=_SCAN_COUNT)]
-            for key in sorted({_text(k) for k in keys}):
+            for key in sorted(keys):
                 reply = await self._lease_script("inspect")([key], [])
                 if int(reply[0]) == 1:
                     found.append(_info(reply[1:]))

@@ -28,6 +28,7 @@ import httpx
 
 import tokenbucket
 from tokenbucket import HeaderReconciler, MemoryBackend, TokenBucket, TokenBucketError
+from tokenbucket.backends import redact_secret, redact_url
 from tokenbucket.integrations.httpx import RateLimitedTransport
 
 from . import __version__, incident
@@ -197,39 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --- wiring ----------------------------------------------------------------------------------------
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its userinfo's secret shown as ``***`` (as tokenbucket's messages show it), even when malformed.
-
-    ``redis://user:pw@host`` becomes ``redis://user:***@host``; a lone userinfo
-    (``redis://pw@host``, a common slip) is hidden whole.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
-        return url
-    userinfo, _, host = authority.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    auth = f"{user}:***" if colon else "***"
-    return f"{scheme}{sep}{auth}@{host}{slash}{path}"
-
-
-def _password(url: str) -> str | None:
-    _, sep, rest = url.partition("://")
-    authority = (rest if sep else url).partition("/")[0]
-    if "@" not in authority:
-        return None
-    userinfo = authority.rpartition("@")[0]
-    return userinfo.partition(":")[2] or userinfo or None
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` with the URL's password replaced by ``***`` wherever a lower layer echoed it."""
-    secret = _password(url)
-    return text.replace(secret, "***") if secret else text
-
-
 def _backend(redis_url: str | None) -> Any:
     if redis_url is None:
         return MemoryBackend()
@@ -238,9 +206,9 @@ def _backend(redis_url: str | None) -> Any:
         backend = tokenbucket.RedisBackend.from_url(redis_url)
         backend.lease_list()  # fail here, with a clear message, if Redis is not there
     except TokenBucketError as exc:
-        raise AppError(_scrub(f"cannot use Redis at {shown}: {exc}", redis_url)) from None
+        raise AppError(redact_secret(f"cannot use Redis at {shown}: {exc}", redis_url)) from None
     except ValueError as exc:
-        raise AppError(_scrub(f"bad --redis-url {shown!r}: {exc}", redis_url)) from None
+        raise AppError(redact_secret(f"bad --redis-url {shown!r}: {exc}", redis_url)) from None
     return backend
 
 
@@ -540,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except (AppError, TokenBucketError) as exc:
-        print(_scrub(f"deals-app: error: {exc}", url), file=sys.stderr)
+        print(redact_secret(f"deals-app: error: {exc}", url), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("deals-app: interrupted", file=sys.stderr)
@@ -552,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(
-            _scrub(f"deals-app: error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)", url),
+            redact_secret(
+                f"deals-app: error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)", url
+            ),
             file=sys.stderr,
         )
         return EXIT_ERROR

@@ -24,7 +24,7 @@
 --   ARGV[3...] the operation's own arguments (see each bucket_*.lua)
 -- Other numbers travel as text that round-trips exactly (Python repr, Lua %.17g).
 -- Every write sets the bucket key's TTL to the time to refill to full or until the
--- last reservation starts, whichever is later, plus idle_ms (never less than 1 s);
+-- last reservation starts, whichever is later (at most 30 days), plus idle_ms (never less than 1 s);
 -- queue and costs get the same TTL whenever a reservation joins them.
 --
 -- This runs on every acquire, so it is built for speed: the state is read with one
@@ -158,15 +158,19 @@ local function promised()
 end
 
 -- Store the state with its TTL, derived from durations (so an injected clock works):
--- refill to full, or until the last reservation starts, plus idle_ms; at least 1 s.
+-- refill to full, or until the last reservation starts, but at most MAX_NEED (30 days: a
+-- bucket in deeper debt that nobody touches for that long is dropped, and recreated per
+-- `initial`), plus idle_ms; at least 1 s.
+local MAX_NEED = 30 * 86400
 -- `queued`: a reservation just joined the queue, which gets the same TTL.
 -- `ms` goes to redis.call as a Lua number, a whole one: every Redis version sends
 -- that as its plain digits (%.17g in older ones, integer printing in newer ones).
 local function save(queued)
   local need = (cap - tokens) / refill
   if last_start and last_start - updated > need then need = last_start - updated end
+  if need > MAX_NEED then need = MAX_NEED end
   local ms = math.ceil(math.max(0, need) * 1000) + idle_ms
-  if ms < 1000 then ms = 1000 elseif ms > 1e15 then ms = 1e15 end
+  if ms < 1000 then ms = 1000 end
   call('SET', B, pack('<ddddd', tokens, updated, last_id, last_start or NONE, epoch) .. policy, 'PX', ms)
   if queued then
     call('PEXPIRE', Q, ms)
