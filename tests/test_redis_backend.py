@@ -54,12 +54,13 @@ def test_importing_tokenbucket_does_not_import_redis() -> None:
 
 
 def test_scripts_are_package_data_with_headers() -> None:
-    for op in ("reserve", "cancel", "settle", "sync", "snapshot", "reconfigure"):
+    for op in ("reserve", "cancel", "settle", "sync", "snapshot", "reconfigure", "void"):
         text = lua_source(f"bucket_{op}")
         flag, text = text.split("\n", 1)
         writes = "false" if op == "snapshot" else "true"  # only snapshot merely reads
         adopt = "true" if op == "reconfigure" else "false"  # only reconfigure replaces the policy
-        assert flag == f"local WRITES, ADOPT = {writes}, {adopt}"
+        records = f"'{op}'" if op in ("reserve", "settle") else "false"  # the two that are not idempotent
+        assert flag == f"local WRITES, ADOPT, RECORDS = {writes}, {adopt}, {records}"
         assert text.startswith("-- tokenbucket: the bucket arithmetic")  # then the shared prelude
         body = text.split("-- bucket_" + op + ":", 1)[1]
         assert "Reply:" in body

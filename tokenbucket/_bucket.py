@@ -461,8 +461,14 @@ class _BucketBase(Listened):
     ) -> _Flow[Any]:
         c = self._price(cost, op, units)
         wait = check_timeout(timeout)
+        asked = self._clock.now() if wait else 0.0
         admitted, seconds, rid = yield _Call("reserve", self.name, self.policy, c, wait, self._now())
         made = self._clock.now()
+        if admitted and wait and rid is not None and (made - asked) + seconds > wait:
+            # The round trip took so long that waiting the delay would overrun the timeout: the
+            # timeout bounds the whole call, so give the reservation back and say so now.
+            yield _Call("cancel", self.name, self.policy, rid, self._now())
+            admitted, seconds = False, seconds + (made - asked)
         if not admitted:
             if self._events is not None:
                 self._emit(_events.TimedOut(self.name, made, c, math.inf if wait is None else wait, seconds))
@@ -669,7 +675,9 @@ class TokenBucket(_BucketBase):
             cost: Tokens the call will spend (zero or more, may be fractional).
                 Default (or None with ``op``): the cost model's estimate for
                 ``op`` on ``units``; 1 without ``op``.
-            timeout: Longest acceptable wait in seconds; None waits as long as needed.
+            timeout: Longest acceptable wait in seconds, the round trip to the
+                store included (a stalled Redis: `AcquireTimeout` in time, see
+                `tokenbucket.RedisBackend.reserve`); None waits as long as needed.
             op: The operation, priced by the bucket's `CostModel`; the grant
                 remembers it, and settling teaches the model.
             units: How many units (items) the call covers, with ``op``.

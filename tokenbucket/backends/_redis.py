@@ -11,16 +11,22 @@ works without the ``redis`` extra.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import itertools
 import logging
 import math
+import random
 import re
 import struct
+import threading
+import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._exceptions import BackendError, ConfigurationError, PolicyMismatch
-from .._model import Policy, Snapshot, describe
+from .._model import Policy, Snapshot, describe, refundable
 from .._validate import check_nonnegative, check_positive
 from ._base import Ticket
 from ._redis_errors import describe_server, map_redis_errors, unreachable
@@ -58,8 +64,9 @@ def lua_source(name: str) -> str:
 
     A ``bucket_*`` script is returned with the shared prelude ``bucket.lua``
     in front of it, ready for ``SCRIPT LOAD``, and before that the line
-    setting the prelude's ``WRITES`` (false only for ``bucket_snapshot``) and
-    ``ADOPT`` (true only for ``bucket_reconfigure``).
+    setting the prelude's ``WRITES`` (false only for ``bucket_snapshot``),
+    ``ADOPT`` (true only for ``bucket_reconfigure``) and ``RECORDS`` (``'reserve'``
+    and ``'settle'`` for those two, which remember their calls; else false).
 
     Raises:
         FileNotFoundError: there is no such script.
@@ -70,7 +77,8 @@ def lua_source(name: str) -> str:
         writes = "false" if name == "bucket_snapshot" else "true"
         prelude = folder.joinpath("bucket.lua").read_text(encoding="utf-8")
         adopt = "true" if name == "bucket_reconfigure" else "false"
-        text = f"local WRITES, ADOPT = {writes}, {adopt}\n{prelude}\n{text}"
+        records = {"bucket_reserve": "'reserve'", "bucket_settle": "'settle'"}.get(name, "false")
+        text = f"local WRITES, ADOPT, RECORDS = {writes}, {adopt}, {records}\n{prelude}\n{text}"
     return text
 
 
@@ -106,9 +114,9 @@ def parse_state(raw: bytes | None) -> dict[str, float] | None:
     if isinstance(raw, bytes) and len(raw) == _STATE_0_1.size:
         old = _STATE_0_1.unpack(raw)
         raw = _STATE.pack(*old[:4], 0.0, *old[4:])
-    if not isinstance(raw, bytes) or len(raw) != _STATE.size:
-        raise ValueError(f"not the state of a tokenbucket bucket ({_STATE.size} bytes): {raw[:100]!r}")
-    state = dict(zip(_STATE_FIELDS, _STATE.unpack(raw), strict=True))
+    if not isinstance(raw, bytes) or len(raw) < _STATE.size or (len(raw) - _STATE.size) % 16:
+        raise ValueError(f"not the state of a tokenbucket bucket ({_STATE.size} bytes, 16 more per call): {raw[:99]!r}")
+    state = dict(zip(_STATE_FIELDS, _STATE.unpack(raw[: _STATE.size]), strict=True))
     if state["last_start"] == -math.inf:
         del state["last_start"]
     return state
@@ -116,6 +124,38 @@ def parse_state(raw: bytes | None) -> dict[str, float] | None:
 
 _POOL_SIZE = 100
 """Connections a client made by ``from_url`` opens at most; more callers wait for a free one."""
+
+
+GIVE_BACK_SECONDS = 600.0
+"""How long a backend keeps trying to give back the tokens of a reserve whose reply was lost."""
+
+_MEND_EVERY = 0.5
+"""Seconds between attempts to give back the tokens of reserves whose reply was lost."""
+
+
+@dataclass(frozen=True)
+class _Lost:
+    """A reserve whose reply never came: it may or may not have run. Its tokens are given back later."""
+
+    key: str
+    policy: Policy
+    call: bytes  # the call's id (the ring of lua/bucket.lua)
+    cost: float
+    now: float | None  # the time the call was made with (None: the server's clock)
+    sent: float  # time.monotonic() when it was sent
+
+
+def _claimed(reply: Any) -> int | None:
+    """What ``bucket_void`` took back: the id of a reservation to cancel, 0 for a start at once, or None."""
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return int(text) if text else None
+
+
+def _timed_out(exc: BackendError) -> bool:
+    """Whether the call behind ``exc`` ran out of time waiting for its reply."""
+    import redis.exceptions
+
+    return isinstance(exc.__cause__, (redis.exceptions.TimeoutError, asyncio.TimeoutError, TimeoutError))
 
 
 def _client_options(
@@ -170,6 +210,8 @@ class _RedisCommon:
             raise ConfigurationError(f"on_unavailable must be 'raise', 'allow' or 'deny', not {on_unavailable!r}")
         idle = check_nonnegative("idle_ttl", idle_ttl)
         self._client = client
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        self._socket_timeout: float = kwargs.get("socket_timeout") or math.inf
         self._prefix = prefix
         self._on_unavailable: OnUnavailable = on_unavailable
         self._idle_ttl = idle
@@ -180,6 +222,7 @@ class _RedisCommon:
         self._policies: dict[Policy, bytes] = {}
         self._wire: dict[str, list[bytes]] = {}
         self._outage = False
+        self._lost: list[_Lost] = []
         from redis.exceptions import NoScriptError
 
         self._noscript = NoScriptError
@@ -244,6 +287,44 @@ class _RedisCommon:
             self._policies[policy] = packed
         return [b"" if now is None else repr(float(now)).encode(), packed, *extra]
 
+    @staticmethod
+    def _call_id() -> bytes:
+        """A new id for one reserve or settle: 8 random bytes (the ring of ``lua/bucket.lua``)."""
+        return random.getrandbits(64).to_bytes(8, "little")
+
+    def _deadline(self, max_wait: float | None) -> float | None:
+        """The longest a reserve with ``max_wait`` may wait for its reply, when shorter than the socket's."""
+        if not max_wait or max_wait >= self._socket_timeout:
+            return None
+        return max_wait
+
+    def _lose(self, lost: _Lost) -> None:
+        """Remember a reserve whose reply was lost, to give its tokens back when Redis answers again."""
+        raise NotImplementedError
+
+    def _mend_soon(self) -> None:
+        """Make sure the lost reserves are being given back."""
+        raise NotImplementedError
+
+    def _unanswered(self, exc: BackendError, lost: _Lost, deadline: float | None) -> Ticket:
+        """The ticket of a reserve that got no reply (or raise): a stalled or unreachable Redis."""
+        if not unreachable(exc):
+            raise exc
+        self._lose(lost)
+        if deadline is not None and _timed_out(exc):
+            return False, UNAVAILABLE_RETRY_AFTER, None  # its caller's timeout ran out on the round trip
+        if self._on_unavailable == "raise":
+            raise exc
+        return self._fallback(exc, lost.key)
+
+    def _answered(self, reply: Any) -> Ticket:
+        """The ticket of a reserve that got its reply; Redis answers, so the lost ones can be given back."""
+        if self._outage:
+            self._recovered()
+        if self._lost:
+            self._mend_soon()
+        return _ticket(reply)
+
     def _reserve_args(self, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> list[bytes]:
         policy.check(cost)  # CostExceedsCapacity before any round trip: nothing charged
         wait = b"" if max_wait is None else repr(float(max_wait)).encode()
@@ -278,12 +359,15 @@ class _RedisCommon:
 
 _AT_ONCE: Ticket = (True, 0.0, None)
 _AT_ONCE_REPLIES = (b"1 0 0", "1 0 0")
+_VOID_REPLIES = (b"void", "void")
 
 
 def _ticket(reply: Any) -> Ticket:
     """A `Ticket` from ``bucket_reserve``'s ``"<admitted> <seconds> <id>"`` (bytes, or str when decoding)."""
     if reply in _AT_ONCE_REPLIES:  # the common reply, without parsing
         return _AT_ONCE
+    if reply in _VOID_REPLIES:  # a call its client had given up on: it charged nothing
+        return False, UNAVAILABLE_RETRY_AFTER, None
     admitted, seconds, rid = reply.split()
     return admitted in (b"1", "1"), float(seconds), (int(rid) or None)
 
@@ -403,6 +487,11 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         super().__init__(
             client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, owns_client=_owns_client
         )
+        # A client with a pool of its own connections (not a cluster's, not a single shared one) lets a
+        # reserve wait for its reply no longer than its caller's timeout.
+        self._by_connection = hasattr(client, "connection_pool") and getattr(client, "connection", None) is None
+        self._lost_lock = threading.Lock()
+        self._mender: threading.Thread | None = None
 
     @classmethod
     def from_url(
@@ -464,7 +553,11 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         return client
 
     def close(self) -> None:
-        """Close the client if `from_url` made it; a client passed in is left to its owner."""
+        """Close the client if `from_url` made it; a client passed in is left to its owner.
+
+        Tokens of reserves whose reply was lost are given back first, if Redis answers.
+        """
+        self._mend_once()
         if self._owns_client:
             self._client.close()
             # RedisCluster.close() keeps its nodes' pooled sockets: disconnect them as well.
@@ -489,14 +582,19 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         with map_redis_errors(operation, self._client):
             return self._script(name)(keys, args)
 
-    def _bucket(self, op: str, key: str, args: list[bytes]) -> Any:
-        """Run ``bucket_<op>.lua`` for bucket ``key``: one EVALSHA (the script object reloads it on NOSCRIPT)."""
+    def _bucket(self, op: str, key: str, args: list[bytes], deadline: float | None = None) -> Any:
+        """Run ``bucket_<op>.lua`` for bucket ``key``: one EVALSHA (the script object reloads it on NOSCRIPT).
+
+        ``deadline`` bounds the wait for the reply (seconds), where the client allows.
+        """
         script = self._script("bucket_" + op)
         keys = self._wire_keys(key)
         try:
             with map_redis_errors(op, self._client, key):
+                if deadline is not None and self._by_connection:
+                    return self._evalsha_within(deadline, script, keys, args)
                 try:
-                    return self._client.evalsha(script.sha, 3, *keys, *args)
+                    return self._client.evalsha(script.sha, len(keys), *keys, *args)
                 except self._noscript:
                     return script(keys, args)
         except BackendError as exc:
@@ -505,18 +603,98 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
                 raise
             raise mismatch from None
 
-    def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
-        """See `tokenbucket.backends.Backend.reserve`; when Redis is unreachable, see ``on_unavailable``."""
-        args = self._reserve_args(policy, cost, max_wait, now)
+    def _evalsha_within(self, seconds: float, script: Any, keys: list[bytes], args: list[bytes]) -> Any:
+        """EVALSHA on a connection of the pool, waiting at most ``seconds`` for the reply.
+
+        A connection whose reply did not come in time is closed, never handed to
+        another call (the reply may still arrive).
+        """
+        from redis.exceptions import ResponseError
+
+        pool = self._client.connection_pool
+        connection = pool.get_connection()
         try:
-            reply = self._bucket("reserve", key, args)
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return connection.read_response(timeout=seconds)
+            except self._noscript:
+                connection.send_command("SCRIPT", "LOAD", script.script)
+                connection.read_response(timeout=seconds)
+                connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return connection.read_response(timeout=seconds)
+        except ResponseError:
+            raise
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+
+    def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
+        """See `tokenbucket.backends.Backend.reserve`; when Redis is unreachable, see ``on_unavailable``.
+
+        The call carries an id the script remembers (with the last 32 charging
+        calls of the bucket), so a retry after a dropped connection never
+        charges twice. With ``max_wait`` shorter than the socket timeout, the
+        reply is awaited at most ``max_wait`` (a stalled server: not admitted,
+        so the caller's `tokenbucket.AcquireTimeout` comes in time). A reserve
+        whose reply never came is given back in the background once Redis
+        answers: cancelled if it waits, refunded if it started.
+        """
+        call = self._call_id()
+        args = [*self._reserve_args(policy, cost, max_wait, now), call]
+        deadline = self._deadline(max_wait)
+        try:
+            reply = self._bucket("reserve", key, args, deadline)
         except BackendError as exc:
-            if self._on_unavailable == "raise" or not unreachable(exc):
-                raise
-            return self._fallback(exc, key)
-        if self._outage:
-            self._recovered()
-        return _ticket(reply)
+            return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
+        return self._answered(reply)
+
+    # ------------------------------------------------------------ reserves whose reply was lost
+
+    def _lose(self, lost: _Lost) -> None:
+        with self._lost_lock:
+            self._lost.append(lost)
+        self._mend_soon()
+
+    def _mend_soon(self) -> None:
+        """Make sure a thread is giving back the lost reserves."""
+        with self._lost_lock:
+            if self._lost and (self._mender is None or not self._mender.is_alive()):
+                self._mender = threading.Thread(target=self._mend, name="tokenbucket-give-back", daemon=True)
+                self._mender.start()
+
+    def _mend(self) -> None:
+        while self._mend_once():
+            time.sleep(_MEND_EVERY)
+
+    def _mend_once(self) -> bool:
+        """Try to give back every lost reserve once; True while some remain."""
+        with self._lost_lock:
+            batch = list(self._lost)
+        for lost in batch:
+            try:
+                self._give_back(lost)
+            except Exception as exc:  # Redis still away (or worse): keep trying for a while
+                if time.monotonic() - lost.sent < GIVE_BACK_SECONDS:
+                    continue
+                _log.warning("could not give back a lost reserve of %g on bucket %r: %s", lost.cost, lost.key, exc)
+            with self._lost_lock:
+                self._lost.remove(lost)
+        with self._lost_lock:
+            return bool(self._lost)
+
+    def _give_back(self, lost: _Lost) -> None:
+        """Claim the outcome of a lost reserve (once) and return its tokens."""
+        claimed = _claimed(self._bucket("void", lost.key, self._args(lost.policy, lost.now, lost.call)))
+        if claimed is None:
+            return
+        if claimed:
+            self.cancel(lost.key, lost.policy, claimed, lost.now)
+        else:
+            give = refundable(lost.policy, lost.cost, 0.0, time.monotonic() - lost.sent)
+            if give > 0:
+                self.settle(lost.key, lost.policy, -give, lost.now)
 
     def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
         """See `tokenbucket.backends.Backend.cancel`."""
@@ -530,9 +708,9 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         return float(reply)
 
     def settle(self, key: str, policy: Policy, delta: float, now: float | None) -> Snapshot:
-        """See `tokenbucket.backends.Backend.settle`."""
+        """See `tokenbucket.backends.Backend.settle`; a retry never applies it twice."""
         args = self._args(policy, now, repr(delta).encode())
-        reply = self._bucket("settle", key, args)
+        reply = self._bucket("settle", key, [*args, self._call_id()])
         return _describe(reply, policy)
 
     def sync(self, key: str, policy: Policy, remaining: float, now: float | None) -> Snapshot:
@@ -599,6 +777,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         super().__init__(
             client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, owns_client=_owns_client
         )
+        self._mender: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(
@@ -635,7 +814,14 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         return client
 
     async def aclose(self) -> None:
-        """Close the client if `from_url` made it; a client passed in is left to its owner."""
+        """Close the client if `from_url` made it; a client passed in is left to its owner.
+
+        Tokens of reserves whose reply was lost are given back first, if Redis answers.
+        """
+        mender, self._mender = self._mender, None
+        if mender is not None:
+            mender.cancel()
+        await self._mend_once()
         if self._owns_client:
             await self._client.aclose()
 
@@ -652,34 +838,78 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         with map_redis_errors(operation, self._client):
             return await self._script(name)(keys, args)
 
-    async def _bucket(self, op: str, key: str, args: list[bytes]) -> Any:
-        """Run ``bucket_<op>.lua`` for bucket ``key``: one EVALSHA (the script object reloads it on NOSCRIPT)."""
+    async def _bucket(self, op: str, key: str, args: list[bytes], deadline: float | None = None) -> Any:
+        """See `RedisBackend._bucket`; ``deadline`` bounds the reply on every client."""
         script = self._script("bucket_" + op)
         keys = self._wire_keys(key)
         try:
             with map_redis_errors(op, self._client, key):
-                try:
-                    return await self._client.evalsha(script.sha, 3, *keys, *args)
-                except self._noscript:
-                    return await script(keys, args)
+                if deadline is not None:
+                    return await asyncio.wait_for(self._evalsha(script, keys, args), deadline)
+                return await self._evalsha(script, keys, args)
         except BackendError as exc:
             mismatch = _mismatch(exc, key, args)
             if mismatch is None:
                 raise
             raise mismatch from None
 
-    async def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
-        """See `tokenbucket.backends.Backend.reserve`; when Redis is unreachable, see ``on_unavailable``."""
-        args = self._reserve_args(policy, cost, max_wait, now)
+    async def _evalsha(self, script: Any, keys: list[bytes], args: list[bytes]) -> Any:
         try:
-            reply = await self._bucket("reserve", key, args)
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except self._noscript:
+            return await script(keys, args)
+
+    async def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
+        """See `RedisBackend.reserve`."""
+        call = self._call_id()
+        args = [*self._reserve_args(policy, cost, max_wait, now), call]
+        deadline = self._deadline(max_wait)
+        try:
+            reply = await self._bucket("reserve", key, args, deadline)
         except BackendError as exc:
-            if self._on_unavailable == "raise" or not unreachable(exc):
-                raise
-            return self._fallback(exc, key)
-        if self._outage:
-            self._recovered()
-        return _ticket(reply)
+            return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
+        return self._answered(reply)
+
+    # ------------------------------------------------------------ reserves whose reply was lost
+
+    def _lose(self, lost: _Lost) -> None:
+        self._lost.append(lost)
+        self._mend_soon()
+
+    def _mend_soon(self) -> None:
+        """Make sure a task on the running loop is giving back the lost reserves."""
+        if self._lost and (self._mender is None or self._mender.done()):
+            self._mender = asyncio.get_running_loop().create_task(self._mend(), name="tokenbucket-give-back")
+
+    async def _mend(self) -> None:
+        for _ in itertools.count():  # until every lost reserve is given back (or has expired)
+            if not await self._mend_once():
+                return
+            await asyncio.sleep(_MEND_EVERY)
+
+    async def _mend_once(self) -> bool:
+        """See `RedisBackend._mend_once`."""
+        for lost in list(self._lost):
+            try:
+                await self._give_back(lost)
+            except Exception as exc:
+                if time.monotonic() - lost.sent < GIVE_BACK_SECONDS:
+                    continue
+                _log.warning("could not give back a lost reserve of %g on bucket %r: %s", lost.cost, lost.key, exc)
+            self._lost.remove(lost)
+        return bool(self._lost)
+
+    async def _give_back(self, lost: _Lost) -> None:
+        """See `RedisBackend._give_back`."""
+        claimed = _claimed(await self._bucket("void", lost.key, self._args(lost.policy, lost.now, lost.call)))
+        if claimed is None:
+            return
+        if claimed:
+            await self.cancel(lost.key, lost.policy, claimed, lost.now)
+        else:
+            give = refundable(lost.policy, lost.cost, 0.0, time.monotonic() - lost.sent)
+            if give > 0:
+                await self.settle(lost.key, lost.policy, -give, lost.now)
 
     async def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
         """See `tokenbucket.backends.Backend.cancel`."""
@@ -693,9 +923,9 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         return float(reply)
 
     async def settle(self, key: str, policy: Policy, delta: float, now: float | None) -> Snapshot:
-        """See `tokenbucket.backends.Backend.settle`."""
+        """See `RedisBackend.settle`."""
         args = self._args(policy, now, repr(delta).encode())
-        reply = await self._bucket("settle", key, args)
+        reply = await self._bucket("settle", key, [*args, self._call_id()])
         return _describe(reply, policy)
 
     async def sync(self, key: str, policy: Policy, remaining: float, now: float | None) -> Snapshot:

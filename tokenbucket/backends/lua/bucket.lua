@@ -11,8 +11,12 @@
 --                    when it was computed (s), the last reservation id handed out, the start of the
 --                    last pending reservation (-inf when none), the epoch those two times count
 --                    from, then the policy (for operators: the CLI reads it back, see
---                    tokenbucket.backends._redis.parse_state). tokenbucket 0.1 wrote 80 bytes,
---                    without the epoch (0); they are read as such.
+--                    tokenbucket.backends._redis.parse_state), then the ring: the calls that
+--                    charged most recently, up to RING of them, 16 bytes each (the client's 8-byte
+--                    call id, then a double: the reservation id, 0 for a start at once, -1 for a
+--                    call its client gave up on, -2 for one whose tokens it took back). A retried
+--                    call finds itself there and answers again instead of charging twice.
+--                    tokenbucket 0.1 wrote 80 bytes, without the epoch (0) or ring.
 --   KEYS[2]  zset    {<prefix><name>}:queue   reservations not started: member = id, score = start (s)
 --   KEYS[3]  hash    {<prefix><name>}:costs   reservations not started: field = id, value = cost
 -- ARGV (every bucket script):
@@ -21,7 +25,8 @@
 --   ARGV[2]  the policy, 48 bytes: six little-endian doubles (struct '<dddddd'): capacity, refill
 --            per second, overdraft (inf for none), min_start, initial (the balance of a bucket created
 --            or found missing), idle_ms (how long a full bucket with nothing pending is kept)
---   ARGV[3...] the operation's own arguments (see each bucket_*.lua)
+--   ARGV[3...] the operation's own arguments (see each bucket_*.lua); for bucket_reserve and
+--            bucket_settle the last is the call's 8-byte id ("" for none), see the ring above
 -- Other numbers travel as text that round-trips exactly (Python repr, Lua %.17g).
 -- Every write sets the bucket key's TTL to the time to refill to full or until the
 -- last reservation starts, whichever is later (at most 30 days), plus idle_ms (never less than 1 s);
@@ -35,8 +40,10 @@
 --
 -- WRITES: true unless the operation only reads (bucket_snapshot). ADOPT: true for
 -- bucket_reconfigure, which replaces the stored policy (every other operation refuses a
--- policy that differs from the stored one). The loader (tokenbucket.backends._redis.lua_source)
--- sets both on the lines before this prelude.
+-- policy that differs from the stored one). RECORDS: true for the operations that are not
+-- idempotent by themselves ('reserve', 'settle'; else false): their calls are remembered in
+-- the ring, and one found there is answered again, not applied again. The loader
+-- (tokenbucket.backends._redis.lua_source) sets them on the line before this prelude.
 --
 -- A policy that differs from the stored one (the first 40 bytes: idle_ms may differ) is
 -- refused with the error 'tokenbucket-policy <capacity> <refill> <overdraft> <min_start>
@@ -49,6 +56,8 @@ end
 local call, tonumber, sformat, pack, unpack_doubles = redis.call, tonumber, string.format, struct.pack, struct.unpack
 local NONE = -math.huge -- the stored start of the last pending reservation when there is none
 local B, Q, C = KEYS[1], KEYS[2], KEYS[3]
+local RING = 32 * 16 -- bytes: the last 32 calls that charged
+local CALL = RECORDS and ARGV[#ARGV] or '' -- this call's id
 local policy = ARGV[2]
 if #policy ~= 48 then
   return redis.error_reply('ERR tokenbucket: the policy (ARGV[2]) must be 48 bytes, six packed doubles')
@@ -68,6 +77,7 @@ end
 -- out, the start of the last pending reservation (nil when none), and the
 -- epoch `updated` and the queue's start times count from.
 local tokens, updated, last_id, last_start, epoch
+local ring = ''
 
 -- Load it. A missing bucket is created per `initial` (fresh() in the model);
 -- writers also drop queue entries a lost bucket left behind. A key holding
@@ -75,9 +85,10 @@ local tokens, updated, last_id, last_start, epoch
 local raw = call('GET', B)
 if raw then
   local stored
-  if #raw == 88 then
+  if #raw >= 88 and (#raw - 88) % 16 == 0 then
     tokens, updated, last_id, last_start, epoch = unpack_doubles('<ddddd', raw)
     stored = string.sub(raw, 41, 80)
+    ring = string.sub(raw, 89)
   elseif #raw == 80 then -- written by tokenbucket 0.1: absolute times
     tokens, updated, last_id, last_start = unpack_doubles('<dddd', raw)
     epoch = 0
@@ -135,6 +146,22 @@ if now > updated then
   updated = now
 end
 
+-- The ring (see KEYS[1]): where call `id` is in it (the position of its mark), or nil.
+local function find_call(id)
+  local at = 1
+  while true do
+    local i = string.find(ring, id, at, true)
+    if not i then return nil end
+    if (i - 1) % 16 == 0 then return i + 8 end
+    at = i + 1
+  end
+end
+
+-- Remember this call in the ring (before save), with its mark.
+local function remember(mark)
+  if CALL ~= '' then ring = string.sub(ring .. CALL .. pack('<d', mark), -RING) end
+end
+
 -- Neumaier's compensated sum, so `promised` agrees with math.fsum in the model.
 local function total(values)
   local sum, comp = 0, 0
@@ -171,10 +198,25 @@ local function save(queued)
   if need > MAX_NEED then need = MAX_NEED end
   local ms = math.ceil(math.max(0, need) * 1000) + idle_ms
   if ms < 1000 then ms = 1000 end
-  call('SET', B, pack('<ddddd', tokens, updated, last_id, last_start or NONE, epoch) .. policy, 'PX', ms)
+  call('SET', B, pack('<ddddd', tokens, updated, last_id, last_start or NONE, epoch) .. policy .. ring, 'PX', ms)
   if queued then
     call('PEXPIRE', Q, ms)
     call('PEXPIRE', C, ms)
+  end
+end
+
+-- A call that is in the ring already ran: this is its retry. Answer as it was answered
+-- (what it charged stands), and change nothing.
+if CALL ~= '' then
+  local at = find_call(CALL)
+  if at then
+    local mark = unpack_doubles('<d', ring, at)
+    if mark < 0 then return 'void' end -- its client gave up on it (bucket_void)
+    if RECORDS == 'settle' then return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', promised()) end
+    if mark == 0 then return '1 0 0' end
+    local start = tonumber(call('ZSCORE', Q, sformat('%d', mark)))
+    local delay = start and math.max(0, start - now) or 0
+    return '1 ' .. sformat('%.17g', delay) .. ' ' .. sformat('%d', mark)
   end
 end
 

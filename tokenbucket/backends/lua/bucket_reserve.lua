@@ -3,6 +3,7 @@
 -- KEYS, ARGV[1..2]: see bucket.lua.
 -- ARGV[3]  cost (the caller has checked that it can ever start)
 -- ARGV[4]  max_wait in seconds, or "" for no limit
+-- ARGV[5]  the call's id (8 bytes, or ""): a retry of a call in the ring is answered, not applied
 -- Reply: "<admitted> <seconds> <id>", one string (cheaper to send and parse than an array)
 --   admitted  1 when charged; 0 when the delay would exceed max_wait (nothing charged)
 --   seconds   the delay until the start (admitted) or until it could start (not admitted)
@@ -37,8 +38,10 @@ if start > t0 then
   call('ZADD', Q, start, member)
   call('HSET', C, member, cost)
   last_start = start
+  remember(id)
   save(true)
 else
+  remember(0)
   save()
   if delay == 0 then return '1 0 0' end -- the common case, without formatting
 end

@@ -3,6 +3,7 @@
 --
 -- KEYS, ARGV[1..2]: see bucket.lua.
 -- ARGV[3]  delta (may be negative; a charge may take the balance below -overdraft)
+-- ARGV[4]  the call's id (8 bytes, or ""): a retry of a call in the ring is answered, not applied
 -- Reply: "<tokens> <promised>" after settling, one string
 
 local delta = tonumber(ARGV[3])
@@ -13,5 +14,6 @@ else
   if last_start then give = math.max(0, give - (last_start - updated) * refill) end
   tokens = math.max(tokens, math.min(cap, tokens + give))
 end
+remember(0)
 save()
 return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', promised())
