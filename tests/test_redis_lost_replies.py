@@ -214,6 +214,7 @@ def test_a_stalled_server_cannot_stretch_a_timeout(
             await backend.aclose()
 
     elapsed = run_sync() if frontend == "sync" else asyncio.run(run_async())
+    print(f"{frontend}: acquire(timeout=1) on a SIGSTOPped server raised AcquireTimeout after {elapsed:.3f} s")
     assert elapsed < 1.5, f"acquire(timeout=1) took {elapsed:.2f} s on a stalled server"  # the socket's 5 s never
 
 

@@ -48,6 +48,7 @@ async def test_250_tasks_on_a_small_pool_get_no_errors_and_no_fail_open(redis_se
     finally:
         await backend.aclose()
     elapsed = time.monotonic() - start
+    print(f"250 tasks, {mode}: {granted} granted, bound {CAPACITY + RATE * elapsed:.1f}, {len(errors)} errors")
     assert errors == []
     assert 0 < granted <= CAPACITY + RATE * elapsed + 1
 
@@ -82,5 +83,6 @@ def test_200_threads_on_a_small_pool_get_no_errors_and_no_fail_open(redis_server
         t.join(30)
     backend.close()
     elapsed = time.monotonic() - start
+    print(f"200 threads, {mode}: {granted[0]} granted, bound {CAPACITY + RATE * elapsed:.1f}, {len(errors)} errors")
     assert errors == []
     assert 0 < granted[0] <= CAPACITY + RATE * elapsed + 1
