@@ -11,7 +11,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev,docs]'
 if [ -f examples/deals_app/pyproject.toml ]; then
-  .venv/bin/python -m pip install --quiet -e examples/deals_app
+  .venv/bin/python -m pip install --quiet -e 'examples/deals_app[test]'
 fi
 
 # The Redis tests start private redis-server processes, and the dashboard test drives headless

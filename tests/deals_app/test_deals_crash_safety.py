@@ -10,7 +10,7 @@ from pathlib import Path
 
 from deals_app.simulator import SimulatorServer
 from deals_app.store import Store
-from deals_testing import API_KEY, spawn
+from deals_testing import API_KEY, keepa_rows, spawn
 
 SCALE = "600"
 
@@ -22,10 +22,10 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def expected(server: SimulatorServer, asin: str) -> set[tuple[int, int, int]]:
+def expected(server: SimulatorServer, asin: str) -> set[tuple[int, int, int, int | None]]:
     sim = server.simulator
     csv = sim.catalog.product(asin).history(None, sim.catalog.origin)
-    return {(t, csv[t][i], csv[t][i + 1]) for t in range(len(csv)) for i in range(0, len(csv[t]), 2)}
+    return {row[1:] for row in keepa_rows(asin, csv)}
 
 
 def check_consistent(store: Store, server: SimulatorServer) -> int:

@@ -10,15 +10,15 @@ from pathlib import Path
 from deals_app.quota import keepa_policy
 from deals_app.simulator import SimulatorServer
 from deals_app.store import Store
-from deals_testing import API_KEY
+from deals_testing import API_KEY, keepa_rows
 
 SCALE = "1200"
 
 
-def expected_points(server: SimulatorServer, asin: str, days: int | None) -> set[tuple[int, int, int]]:
+def expected_points(server: SimulatorServer, asin: str, days: int | None) -> set[tuple[int, int, int, int | None]]:
     sim = server.simulator
     csv = sim.catalog.product(asin).history(days, sim.catalog.origin)
-    return {(t, csv[t][i], csv[t][i + 1]) for t in range(len(csv)) for i in range(0, len(csv[t]), 2)}
+    return {row[1:] for row in keepa_rows(asin, csv)}
 
 
 def test_collector_fills_the_store_without_a_single_429(

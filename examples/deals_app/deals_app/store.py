@@ -24,7 +24,18 @@ from typing import Any
 
 from tokenbucket.fencing import check_fence, create_fence_table
 
-__all__ = ["Counts", "Store", "StoreError"]
+__all__ = ["SHIPPING_TYPES", "Counts", "Store", "StoreError"]
+
+SHIPPING_TYPES = frozenset({7, *range(18, 30), 32})
+"""Keepa ``csv`` price types whose series are ``[minute, price, shipping, ...]`` triples.
+
+NEW_FBM_SHIPPING (7), BUY_BOX_SHIPPING (18), the used, collectible, refurbished and eBay
+"_SHIPPING" types (19-29) and BUY_BOX_USED_SHIPPING (32); every other type is
+``[minute, value, ...]`` pairs. Values are cents (or a count, a rank, a rating); -1 means none.
+"""
+
+_VERSION = 1
+"""The schema version (``PRAGMA user_version``): 1 added ``price_points.shipping``."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deals (
@@ -52,6 +63,7 @@ CREATE TABLE IF NOT EXISTS price_points (
     price_type  INTEGER NOT NULL,
     minute      INTEGER NOT NULL,
     value       INTEGER NOT NULL,
+    shipping    INTEGER,
     PRIMARY KEY (asin, price_type, minute)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS restrictions (
@@ -111,8 +123,20 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
             create_fence_table(conn)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older version up to `_VERSION`, in one transaction."""
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version >= _VERSION:
+                return
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(price_points)")}
+            if "shipping" not in columns:  # version 0 stored every series as pairs
+                conn.execute("ALTER TABLE price_points ADD COLUMN shipping INTEGER")
+            conn.execute(f"PRAGMA user_version = {_VERSION}")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -198,7 +222,8 @@ class Store:
         """Store a batch of products and their price points in one transaction.
 
         Args:
-            products: Keepa product objects (``asin``, ``title``, ``csv``, ``offers``).
+            products: Keepa product objects (``asin``, ``title``, ``csv``, ``offers``); each
+                ``csv`` series is read as pairs or, for `SHIPPING_TYPES`, triples.
             full: True for a full-history fetch (backfill), False for a recent one.
             cost: Tokens the batch cost, spread over its products for the record.
             checkpoint: ``(job, position, fence)`` to advance in the same transaction.
@@ -209,18 +234,16 @@ class Store:
         Raises:
             tokenbucket.LeaseLost: the checkpoint's fence is older than one already used
                 (a newer lease holder took over); nothing is written.
+            StoreError: a ``csv`` series is malformed (the message names the ASIN and
+                price type); nothing is written.
         """
         now = time.time()
-        points = []
+        points: list[tuple[str, int, int, int, int | None]] = []
         prows = []
         share = round(cost / max(1, len(products)))
         for p in products:
             asin = p["asin"]
-            for price_type, series in enumerate(p.get("csv") or []):
-                if not series:
-                    continue
-                for i in range(0, len(series) - 1, 2):
-                    points.append((asin, price_type, series[i], series[i + 1]))
+            points += _points(asin, p.get("csv") or [])
             offers = p.get("offers")
             prows.append((asin, p.get("title"), None if offers is None else len(offers), share))
         column = "full_at" if full else "recent_at"
@@ -235,8 +258,9 @@ class Store:
                 [(a, t, o, now, c) for a, t, o, c in prows],
             )
             conn.executemany(
-                """INSERT INTO price_points (asin, price_type, minute, value) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (asin, price_type, minute) DO UPDATE SET value = excluded.value""",
+                """INSERT INTO price_points (asin, price_type, minute, value, shipping) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (asin, price_type, minute) DO UPDATE SET value = excluded.value,
+                       shipping = excluded.shipping""",
                 points,
             )
         return len(points)
@@ -363,9 +387,29 @@ class Store:
         rows = self._conn().execute("SELECT at, tokens_left FROM token_log WHERE at >= ? ORDER BY at", (since,))
         return [(float(a), float(t)) for a, t in rows]
 
-    def price_points(self, asin: str) -> list[tuple[int, int, int]]:
-        """Every stored ``(price_type, minute, value)`` of one ASIN."""
+    def price_points(self, asin: str) -> list[tuple[int, int, int, int | None]]:
+        """Every stored ``(price_type, minute, value, shipping)`` of one ASIN (shipping None for pairs)."""
         rows = self._conn().execute(
-            "SELECT price_type, minute, value FROM price_points WHERE asin = ? ORDER BY price_type, minute", (asin,)
+            """SELECT price_type, minute, value, shipping FROM price_points WHERE asin = ?
+               ORDER BY price_type, minute""",
+            (asin,),
         )
-        return [(int(a), int(b), int(c)) for a, b, c in rows]
+        return [(int(a), int(b), int(c), None if d is None else int(d)) for a, b, c, d in rows]
+
+
+def _points(asin: str, csv: Sequence[Any]) -> list[tuple[str, int, int, int, int | None]]:
+    """The rows of one product's ``csv``: pairs, or triples for `SHIPPING_TYPES`; null series skipped."""
+    rows: list[tuple[str, int, int, int, int | None]] = []
+    for price_type, series in enumerate(csv):
+        if not series:
+            continue
+        step = 3 if price_type in SHIPPING_TYPES else 2
+        if not isinstance(series, list) or len(series) % step or not all(isinstance(v, int) for v in series):
+            shape = f"{len(series)} numbers" if isinstance(series, list) else type(series).__name__
+            raise StoreError(
+                f"product {asin}: csv[{price_type}] must be [minute, {'price, shipping' if step == 3 else 'value'}"
+                f", ...] integers, got {shape}"
+            )
+        for i in range(0, len(series), step):
+            rows.append((asin, price_type, series[i], series[i + 1], series[i + 2] if step == 3 else None))
+    return rows
