@@ -76,6 +76,7 @@ def run_args(base_url: str, db: Path, *extra: str) -> tuple[str, ...]:
         (["demo", "--time-scale", "-3"], "must be a positive number"),
         (["demo", "--duration", "soon"], "not a number: 'soon'"),
         (["demo", "--jobs", "update,nope"], "unknown job 'nope'"),
+        (["run", "--base-url", "http://h", "--domain", "XX"], "unknown Keepa domain 'XX'; choose from US, GB"),
         (["demo", "--refill-rate", "-5"], "must be a positive whole number"),
         (["simulator", "--port", "70000"], "a port is between 0 and 65535"),
     ],

@@ -32,7 +32,7 @@ from tokenbucket.backends import redact_secret, redact_url
 from tokenbucket.integrations.httpx import RateLimitedTransport
 
 from . import __version__, incident
-from .client import AppError, KeepaClient, RestrictionClient
+from .client import DOMAINS, AppError, KeepaClient, RestrictionClient
 from .dashboard import DashboardServer
 from .jobs import JOBS, Collector, JobSettings
 from .leases import LeaseView, list_leases
@@ -95,6 +95,17 @@ def _port(text: str) -> int:
     return value
 
 
+KEY_ENV = "KEEPA_API_KEY"
+SP_ENV = "SP_API_ACCESS_TOKEN"
+
+
+def _domain(text: str) -> int:
+    code = text.strip().upper()
+    if code not in DOMAINS:
+        raise argparse.ArgumentTypeError(f"unknown Keepa domain {text!r}; choose from {', '.join(DOMAINS)}")
+    return DOMAINS[code]
+
+
 def _jobs(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in JOBS]
@@ -154,9 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the collector against an upstream (Keepa or the simulator)")
     run.add_argument("--base-url", required=True, help="Keepa API base URL, e.g. https://api.keepa.com")
-    run.add_argument("--api-key", required=True, help="Keepa API key")
-    run.add_argument("--sp-base-url", help="SP-API endpoint for restriction checks (default: --base-url)")
-    run.add_argument("--sp-token", help="SP-API access token (default: --api-key)")
+    run.add_argument("--api-key", default=None, help=f"Keepa API key (default: ${KEY_ENV})")
+    run.add_argument("--domain", type=_domain, default="US", help="Keepa marketplace: US, GB, DE, FR, JP, ... (US)")
+    run.add_argument(
+        "--sp-base-url", help="SP-API endpoint for restriction checks (default: none; the restrictions job is skipped)"
+    )
+    run.add_argument("--sp-token", default=None, help=f"SP-API access token, with --sp-base-url (default: ${SP_ENV})")
     run.add_argument("--time-scale", type=_positive, default=1.0, help="the upstream's speed-up (simulator only)")
     run.add_argument("--once", action="store_true", help="one pass of each job, then exit")
     run.add_argument("--duration", type=_positive, metavar="SEC", help="stop after this many wall seconds")
@@ -226,10 +240,11 @@ def _collector(
     *,
     base_url: str,
     api_key: str,
-    sp_base_url: str,
-    sp_token: str,
+    sp_base_url: str | None,
+    sp_token: str | None,
     time_scale: float,
     timeout: float = 30.0,
+    domain: int = 1,
 ) -> Collector:
     store = _open_store(args.db)
     stop = threading.Event()
@@ -264,11 +279,14 @@ def _collector(
         timeout=timeout,
         transport=quota.transport(),
         on_reply=lambda reply: store.log_tokens(reply.tokens_left, "keepa"),
+        domain=domain,
     )
     keepa.last_reply = first
-    sp_bucket = TokenBucket("sp-restrictions", rate="5/second", capacity=10, backend=backend, clock=bucket_clock)
-    sp_transport = RateLimitedTransport(httpx.HTTPTransport(), sp_bucket, cost=1, reconciler=HeaderReconciler())
-    restrictions = RestrictionClient(sp_base_url, sp_token, timeout=timeout, transport=sp_transport)
+    restrictions = None
+    if sp_base_url and sp_token:  # restriction checks only with an SP-API endpoint and its credentials
+        sp_bucket = TokenBucket("sp-restrictions", rate="5/second", capacity=10, backend=backend, clock=bucket_clock)
+        sp_transport = RateLimitedTransport(httpx.HTTPTransport(), sp_bucket, cost=1, reconciler=HeaderReconciler())
+        restrictions = RestrictionClient(sp_base_url, sp_token, timeout=timeout, transport=sp_transport)
     settings = JobSettings(poll_seconds=args.poll, lease_ttl=args.lease_ttl, lease_wait=args.lease_wait)
     return Collector(
         keepa,
@@ -340,14 +358,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get(KEY_ENV)
+    if not api_key:
+        raise AppError(f"no Keepa API key: pass --api-key or set {KEY_ENV}")
+    sp_token = args.sp_token or os.environ.get(SP_ENV)
+    if args.sp_base_url and not sp_token:
+        raise AppError(f"--sp-base-url needs an access token: pass --sp-token or set {SP_ENV}")
     collector = _collector(
         args,
         base_url=args.base_url,
-        api_key=args.api_key,
-        sp_base_url=args.sp_base_url or args.base_url,
-        sp_token=args.sp_token or args.api_key,
+        api_key=api_key,
+        sp_base_url=args.sp_base_url,
+        sp_token=sp_token,
         time_scale=args.time_scale,
         timeout=args.timeout,
+        domain=args.domain,
     )
     started = time.monotonic()
     progress = Progress(

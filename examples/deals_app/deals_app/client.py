@@ -19,7 +19,17 @@ import httpx
 
 from tokenbucket import UpstreamRateLimited
 
-__all__ = ["AppError", "KeepaClient", "KeepaReply", "NotEnoughTokens", "RestrictionClient", "SpQuotaExceeded"]
+__all__ = [
+    "DEAL_PRICE_TYPE",
+    "DOMAINS",
+    "AppError",
+    "KeepaClient",
+    "KeepaReply",
+    "KeyRefused",
+    "NotEnoughTokens",
+    "RestrictionClient",
+    "SpQuotaExceeded",
+]
 
 TOKEN_FIELDS = ("timestamp", "tokensLeft", "refillIn", "refillRate", "tokensConsumed")
 
@@ -38,6 +48,20 @@ class NotEnoughTokens(AppError):
 
 class SpQuotaExceeded(AppError):
     """The SP-API answered 429 QuotaExceeded."""
+
+
+class KeyRefused(AppError):
+    """The upstream refused the API key (HTTP 402 from Keepa): retrying cannot help."""
+
+
+DOMAINS = {
+    **{"US": 1, "GB": 2, "UK": 2, "DE": 3, "FR": 4, "JP": 5, "CA": 6},
+    **{"IT": 8, "ES": 9, "IN": 10, "MX": 11, "BR": 12},
+}
+"""Keepa's marketplace ids (the ``domain`` of /product, the ``domainId`` of /deal). 0 and 7 are reserved."""
+
+DEAL_PRICE_TYPE = 0
+"""The price type a deal selection asks for (``priceTypes``: 0, AMAZON); the store reads deals by it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +113,8 @@ class KeepaClient:
         api_key: The access key (sent as the ``key`` query parameter).
         timeout: Seconds to wait for an answer.
         transport: An httpx transport (for example tokenbucket's rate-limited one); default httpx's.
+        on_reply: Called with every reply (the collector logs the balance).
+        domain: The Keepa marketplace id (see `DOMAINS`; 1 is amazon.com).
     """
 
     def __init__(
@@ -99,7 +125,11 @@ class KeepaClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         on_reply: Callable[[KeepaReply], None] | None = None,
+        domain: int = 1,
     ) -> None:
+        if domain not in DOMAINS.values():
+            raise ValueError(f"unknown Keepa domain {domain!r}; known: {sorted(set(DOMAINS.values()))}")
+        self.domain = domain
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
@@ -140,7 +170,7 @@ class KeepaClient:
             error = body.get("error")
             message = (error.get("message") if isinstance(error, dict) else None) or response.reason_phrase
             if response.status_code == 402:
-                raise AppError(f"the API key was refused by {self.base_url} (HTTP 402 payment required: {message})")
+                raise KeyRefused(f"the API key was refused by {self.base_url} (HTTP 402 payment required: {message})")
             raise AppError(f"{self.base_url} rejected {what} (HTTP {response.status_code}: {message})")
         return reply
 
@@ -150,7 +180,8 @@ class KeepaClient:
 
     def deals(self, page: int, *, date_range: int = 0) -> tuple[KeepaReply, list[dict[str, Any]]]:
         """One page of deals (5 tokens, up to 150 deals)."""
-        reply = self._get("/deal", {"selection": json.dumps({"page": page, "dateRange": date_range, "domainId": 1})})
+        selection = {"page": page, "dateRange": date_range, "domainId": self.domain, "priceTypes": [DEAL_PRICE_TYPE]}
+        reply = self._get("/deal", {"selection": json.dumps(selection)})
         deals = reply.body.get("deals")
         dr = deals.get("dr") if isinstance(deals, dict) else None
         if not isinstance(dr, list) or not all(
@@ -164,7 +195,7 @@ class KeepaClient:
         self, asins: Sequence[str], *, days: int | None, offers: int | None = 20, stock: bool = True
     ) -> tuple[KeepaReply, list[dict[str, Any]]]:
         """Products with price history (``history=1``); with ``offers``, offers and ``stock`` too; up to 100 ASINs."""
-        params: dict[str, Any] = {"domain": 1, "asin": ",".join(asins), "history": 1}
+        params: dict[str, Any] = {"domain": self.domain, "asin": ",".join(asins), "history": 1}
         if offers:
             params["offers"] = offers
             if stock:

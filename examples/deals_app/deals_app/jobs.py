@@ -16,6 +16,7 @@ jobs compete first-come first-served for one quota.
 
 from __future__ import annotations
 
+import random
 import threading
 import traceback
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 
 from tokenbucket import LeaseLost
 
-from .client import AppError, KeepaClient, RestrictionClient, SpQuotaExceeded
+from .client import AppError, KeepaClient, KeyRefused, RestrictionClient, SpQuotaExceeded
 from .leases import LeaseHeld, backfill_lease
 from .quota import KeepaQuota, ScaledClock, Stopped, describe_plan
 from .simulator import DEAL_PAGE_SIZE
@@ -49,6 +50,8 @@ class JobSettings:
         poll_seconds: Upstream seconds between passes of a job that has nothing to do.
         lease_ttl: The backfill lease's TTL in wall seconds.
         lease_wait: Longest wall-clock wait for the backfill lease each pass.
+        retry_after: Upstream seconds before a failed job's first retry; each failure in a row doubles it
+            (with jitter), up to ``poll_seconds``.
     """
 
     recent_days: int = 90
@@ -59,6 +62,7 @@ class JobSettings:
     poll_seconds: float = 300.0
     lease_ttl: float = 30.0
     lease_wait: float = 1.0
+    retry_after: float = 10.0
 
 
 @dataclass(slots=True)
@@ -73,7 +77,9 @@ class JobStats:
     sp_retries: int = 0
     lease_skips: int = 0
     activity: dict[str, str] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first few failures, "job: message"
+    failures: dict[str, int] = field(default_factory=dict)  # failures per job
+    last_error: dict[str, str] = field(default_factory=dict)  # the latest failure per job
 
 
 class Collector:
@@ -194,6 +200,7 @@ class Collector:
     def check_restrictions(self) -> int:
         """One pass: an SP-API restriction check for every deal not yet checked. Returns checks made."""
         if self.restrictions is None:
+            self.stats.activity["restrictions"] = "skipped: no SP-API endpoint (--sp-base-url)"
             return 0
         done = 0
         while not self.stop.is_set():
@@ -223,21 +230,47 @@ class Collector:
     # --- running --------------------------------------------------------------------------------
 
     def _loop(self, name: str, job: Callable[[], int], once: bool) -> None:
+        """Run ``job`` until stopped. A failure is reported and retried with backoff; the other jobs go on.
+
+        With ``once``, a failed job is reported and not retried. A refused API key stops every job:
+        no retry can help.
+        """
+        s = self.settings
+        in_a_row = 0
         try:
             while not self.stop.is_set():
-                job()
+                try:
+                    job()
+                except (Stopped, KeyRefused):
+                    raise
+                except Exception as exc:
+                    in_a_row += 1
+                    self._failed(name, exc)
+                    if once:
+                        return
+                    delay = min(s.poll_seconds, s.retry_after * 2.0 ** min(in_a_row - 1, 40)) * random.uniform(0.5, 1.0)
+                    self.stats.activity[name] = f"failed ({self.stats.last_error[name]}); retrying in {delay:.0f} s"
+                    self.clock.sleep(delay)
+                    continue
+                in_a_row = 0
                 if once:
                     return
-                self.clock.sleep(self.settings.poll_seconds)
+                self.clock.sleep(s.poll_seconds)
         except Stopped:
             return
-        except AppError as exc:
-            self.stats.errors.append(f"{name}: {exc}")
+        except KeyRefused as exc:
+            self._failed(name, exc)
             self.stop.set()
-        except Exception as exc:
-            detail = traceback.format_exc() if self.debug else f"{type(exc).__name__}: {exc}"
-            self.stats.errors.append(f"{name}: unexpected error: {detail}")
-            self.stop.set()
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        if isinstance(exc, AppError):
+            message = str(exc)
+        else:
+            message = traceback.format_exc() if self.debug else f"unexpected error: {type(exc).__name__}: {exc}"
+        self.stats.failures[name] = self.stats.failures.get(name, 0) + 1
+        self.stats.last_error[name] = message
+        if len(self.stats.errors) < 20:
+            self.stats.errors.append(f"{name}: {message}")
 
     def start(self, jobs: list[str], *, once: bool = False) -> None:
         """Start the named jobs (see `JOBS`): each in its own thread, or with ``once`` one pass of each in order.

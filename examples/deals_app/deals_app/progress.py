@@ -152,7 +152,9 @@ def summary_lines(
         f"  full histories        {n.products_full} products ({c.stats.full_batches} batches, checkpoint "
         f"{c.store.checkpoint('backfill')[0]})",
         f"  price points          {n.price_points}",
-        f"  restriction checks    {n.restrictions} ({n.restricted} restricted)",
+        f"  restriction checks    {n.restrictions} ({n.restricted} restricted)"
+        if c.restrictions is not None or n.restrictions
+        else "  restriction checks    skipped: no SP-API endpoint (--sp-base-url)",
         f"  Keepa calls           {c.keepa.calls} by the collector",
         f"  SP-API calls          {c.stats.restriction_checks + c.stats.sp_retries} restriction checks "
         f"(retries included)",
@@ -188,7 +190,8 @@ def summary_lines(
         f"debt {snap.debt:.0f}, "
         f"positive in {format_duration(snap.time_to_positive)}"
     )
-    if c.stats.errors:
-        lines.append(f"  errors                {'; '.join(c.stats.errors)}")
+    for job, count in sorted(c.stats.failures.items()):
+        times = "once" if count == 1 else f"{count} times"
+        lines += _wrap("  failed job            ", f"{job}, {times}; last: {c.stats.last_error[job]}", 80)
     lines.append(f"  database              {c.store.path}")
     return lines

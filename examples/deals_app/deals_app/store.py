@@ -173,6 +173,7 @@ class Store:
         now = time.time()
         rows = []
         for d in deals:
+            # A deal's current/avg/deltaPercent are indexed by price type, as the selection asked (priceTypes).
             current = d.get("current") or [-1]
             avg = (d.get("avg") or [[-1]])[0] or [-1]
             pct = (d.get("deltaPercent") or [[0]])[0] or [0]
