@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Callable
 
 import httpx
 import pytest
 from deals_app.catalog import Catalog, from_unix_ms, to_unix_ms
-from deals_app.simulator import KeepaSimulator, SimConfig
+from deals_app.simulator import KeepaSimulator, SimConfig, SimulatorServer
 
 from tokenbucket.testing import ManualClock
 
@@ -92,8 +94,10 @@ def test_product_costs_follow_keepa() -> None:
     expected = 0
     for a in asins:
         pages = -(-min(20, catalog.product(a).offer_count) // 10)
-        expected += (6 * pages if pages else 1) + 2 + 2  # offer pages, stock, buybox
+        expected += (6 * pages if pages else 1) + 2  # offer pages, stock; the buy box is free with offers
     assert offers["tokensConsumed"] == expected
+    _, buybox = product(sim, asins, buybox=1)
+    assert buybox["tokensConsumed"] == 3 * len(asins)  # 1 a product, +2 for the buy box without offers
 
 
 def test_product_history_is_keepa_csv_and_cut_by_days() -> None:
@@ -102,9 +106,17 @@ def test_product_history_is_keepa_csv_and_cut_by_days() -> None:
     _, recent = product(sim, ["B000000007"], days=30)
     full_csv = full["products"][0]["csv"]  # type: ignore[index]
     recent_csv = recent["products"][0]["csv"]  # type: ignore[index]
-    assert len(full_csv) == 4
-    for series, cut in zip(full_csv, recent_csv, strict=True):
-        assert len(series) % 2 == 0
+    assert len(full_csv) == 36  # every price type, null where there is no data
+    assert [i for i, series in enumerate(full_csv) if series] == [0, 1, 2, 3, 7, 11]
+    for price_type, (series, cut) in enumerate(zip(full_csv, recent_csv, strict=True)):
+        if series is None:
+            assert cut is None
+            continue
+        step = 3 if price_type == 7 else 2  # NEW_FBM_SHIPPING: [minute, price, shipping, ...]
+        assert len(series) % step == 0
+        if step == 3:
+            series = [v for i, v in enumerate(series) if i % 3 != 2]
+            cut = [v for i, v in enumerate(cut) if i % 3 != 2]
         minutes = series[0::2]
         assert minutes == sorted(minutes)
         assert len(cut) < len(series)
@@ -224,3 +236,33 @@ def test_time_scale_speeds_up_the_clock(scale: float) -> None:
     sim = make(clock, time_scale=scale)
     clock.advance(2.0)
     assert sim.elapsed() == pytest.approx(2.0 * scale)
+
+
+def _raw(server: SimulatorServer, request: bytes) -> bytes:
+    """Send ``request`` as it is and return the whole answer (the server closes after a refusal)."""
+    host, port = server.address
+    with socket.create_connection((host, port), timeout=5) as conn:
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_oversized_and_malformed_requests_are_refused_without_reading_them(
+    make_simulator: Callable[..., SimulatorServer],
+) -> None:
+    server = make_simulator()
+    for length, status in ((b"-1", b"400"), (b"abc", b"400"), (b"99999999999", b"413")):
+        answer = _raw(server, b"POST /token?key=x HTTP/1.1\r\nHost: h\r\nContent-Length: " + length + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]  # answered at once, never waiting for a body
+    answer = _raw(server, b"GET /token?key=" + b"x" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414")
+
+
+def test_counters_stay_bounded_whatever_the_paths() -> None:
+    sim = make(ManualClock())
+    for i in range(500):
+        sim.handle("GET", f"/nothing-{i}?key=nope")
+    assert len(sim.stats()["by_endpoint"]) == 1
+    assert sim.stats()["by_endpoint"]["(other)"] == 500

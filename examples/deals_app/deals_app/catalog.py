@@ -16,8 +16,13 @@ import random
 from dataclasses import dataclass
 
 __all__ = [
+    "ALWAYS",
+    "BUYBOX_TYPES",
+    "CSV_LENGTH",
     "KEEPA_EPOCH_OFFSET",
     "PRICE_TYPES",
+    "RATING_TYPES",
+    "TRIPLES",
     "Catalog",
     "Deal",
     "Product",
@@ -29,7 +34,22 @@ KEEPA_EPOCH_OFFSET = 21564000
 """Keepa minute 0 is this many minutes after the unix epoch (2011-01-01 UTC)."""
 
 PRICE_TYPES = ("AMAZON", "NEW", "USED", "SALES")
-"""The ``csv`` indexes the simulator fills: 0 AMAZON, 1 NEW, 2 USED (cents), 3 SALES rank."""
+"""The first ``csv`` indexes: 0 AMAZON, 1 NEW, 2 USED (cents), 3 SALES rank."""
+
+CSV_LENGTH = 36
+"""Entries in a product's ``csv`` (Keepa's price types 0-35; ``null`` where there is no data)."""
+
+ALWAYS = frozenset({0, 1, 2, 3, 7, 11})
+"""Types every history has: the four above, NEW_FBM_SHIPPING (7, triples) and COUNT_NEW (11)."""
+
+RATING_TYPES = frozenset({16, 17})
+"""RATING and COUNT_REVIEWS: sent with ``rating=1``."""
+
+BUYBOX_TYPES = frozenset({18, 32})
+"""BUY_BOX_SHIPPING and BUY_BOX_USED_SHIPPING (triples): sent with ``buybox=1`` (or ``offers``)."""
+
+TRIPLES = frozenset({7, *range(18, 30), 32})
+"""Types whose series are ``[minute, price, shipping, ...]`` (Keepa's "_SHIPPING" types)."""
 
 _ASIN_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _HISTORY_DAYS = 3 * 365
@@ -88,7 +108,8 @@ class Product:
         title: A generated title.
         root_category: A Keepa root category id.
         offer_count: Marketplace offers listed (decides what ``offers=`` costs).
-        csv: Full price history by price type, Keepa ``[minute, value, ...]`` arrays.
+        csv: Full history by price type (`CSV_LENGTH` entries, empty where there is none):
+            Keepa ``[minute, value, ...]`` pairs, or triples for `TRIPLES`.
     """
 
     asin: str
@@ -97,16 +118,21 @@ class Product:
     offer_count: int
     csv: tuple[tuple[int, ...], ...]
 
-    def history(self, days: int | None, until: int) -> list[list[int]]:
-        """The ``csv`` arrays cut to the last ``days`` days before Keepa minute ``until``."""
+    def history(
+        self, days: int | None, until: int, *, types: frozenset[int] = ALWAYS
+    ) -> list[list[int] | None]:
+        """The ``csv`` as Keepa sends it: the series of ``types`` cut to the last ``days`` days before
+        Keepa minute ``until``, ``None`` for every other type (and for a series left empty)."""
         start = -math.inf if days is None else until - days * _MINUTES_PER_DAY
-        out: list[list[int]] = []
-        for series in self.csv:
+        out: list[list[int] | None] = []
+        for price_type, series in enumerate(self.csv):
+            step = 3 if price_type in TRIPLES else 2
             cut: list[int] = []
-            for i in range(0, len(series), 2):
-                if start <= series[i] <= until:
-                    cut.extend((series[i], series[i + 1]))
-            out.append(cut)
+            if price_type in types:
+                for i in range(0, len(series), step):
+                    if start <= series[i] <= until:
+                        cut.extend(series[i : i + step])
+            out.append(cut or None)
         return out
 
 
@@ -225,4 +251,37 @@ def _product(seed: int, origin: int, asin: str) -> Product:
             value = max(99, int(value * step)) if price_type < 3 else max(1, int(value * step))
             minute += 2 * _MINUTES_PER_DAY + int(rng.random() * 10 * _MINUTES_PER_DAY)
         series.append(tuple(points))
-    return Product(asin, title, rng.choice(_CATEGORIES), rng.choice((0, 3, 8, 14, 25, 40)), tuple(series))
+    category, offer_count = rng.choice(_CATEGORIES), rng.choice((0, 3, 8, 14, 25, 40))
+    # The other types come from a generator of their own, so the four above stay as they always were.
+    more = random.Random(f"{seed}:product-more:{asin}")
+    csv: list[tuple[int, ...]] = [*series, *([()] * (CSV_LENGTH - len(series)))]
+    new_series = series[1]
+    csv[7] = _with_shipping(new_series, more)  # NEW_FBM_SHIPPING: the NEW price, plus shipping
+    csv[18] = _with_shipping(series[0], more)  # BUY_BOX_SHIPPING: Amazon's price holds the buy box
+    csv[32] = _with_shipping(series[2], more)  # BUY_BOX_USED_SHIPPING
+    csv[11] = _walk(new_series[0::2], more, offer_count or 1, 0, 60)  # COUNT_NEW
+    csv[16] = _walk(new_series[0::2], more, more.randint(30, 48), 10, 50)  # RATING, 0-50
+    csv[17] = _walk(new_series[0::2], more, more.randint(5, 900), 0, 1_000_000, grow=True)  # COUNT_REVIEWS
+    return Product(asin, title, category, offer_count, tuple(csv))
+
+
+def _with_shipping(pairs: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
+    """``[minute, price, ...]`` as ``[minute, price, shipping, ...]``; no offer (-1) has no shipping (-1)."""
+    out: list[int] = []
+    for i in range(0, len(pairs), 2):
+        price = pairs[i + 1]
+        out += (pairs[i], price, -1 if price < 0 else rng.choice((0, 0, 399, 499, 599)))
+    return tuple(out)
+
+
+def _walk(
+    minutes: tuple[int, ...], rng: random.Random, start: int, low: int, high: int, *, grow: bool = False
+) -> tuple[int, ...]:
+    """A count or rating at each of ``minutes``: a bounded random walk (only upwards with ``grow``)."""
+    out: list[int] = []
+    value = start
+    for minute in minutes:
+        out += (minute, value)
+        step = rng.randint(0, max(1, value // 20)) if grow else rng.randint(-2, 2)
+        value = min(high, max(low, value + step))
+    return tuple(out)

@@ -15,10 +15,20 @@ Keepa's token rules (see ``/work/shared/KEEPA.md``):
 loopback port; ``time_scale`` makes its clock run that many times faster than
 the wall clock, so an hour of refill takes seconds.
 
-Endpoints: ``/token`` (free), ``/deal`` (5 tokens a page of up to 150),
-``/product`` (Keepa's cost rules), ``/listings/2021-08-01/restrictions``
-(SP-API: 5 requests/s, burst 10, ``QuotaExceeded``), and ``/_sim/stats``
-(the counters, no key needed).
+Endpoints, as the public ``keepa`` client calls them: ``/token`` (free),
+``/deal`` (5 tokens a page of up to 150; category, price and percent filters),
+``/product`` (Keepa's cost rules; history with all 36 csv types, offers with
+their offer and stock history, buy box, rating, stats, ``domain``, ``code``),
+``/bestsellers`` (50), ``/category`` and ``/search?type=category`` (1),
+``/seller`` (1 a seller), ``/query`` (10 + 1 per 100 ASINs),
+``/listings/2021-08-01/restrictions`` (SP-API: 5 requests/s, burst 10,
+``QuotaExceeded``), and ``/_sim/stats`` (the counters, no key needed).
+
+``timestamp`` is the server's wall clock and ``refillIn`` real milliseconds,
+at any time scale, so a client's own wait-for-refill logic works; data times
+(Keepa minutes) run on the simulated clock. Memory is bounded (one counter
+per endpoint) and so is every input (request target, body, ASIN and seller
+lists).
 """
 
 from __future__ import annotations
@@ -35,7 +45,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .catalog import Catalog, from_unix_ms, to_unix_ms
+from .catalog import (
+    ALWAYS,
+    BUYBOX_TYPES,
+    CSV_LENGTH,
+    RATING_TYPES,
+    TRIPLES,
+    Catalog,
+    asin_for,
+    from_unix_ms,
+    to_unix_ms,
+)
 from .serving import LocalServer
 
 __all__ = ["KeepaSimulator", "Response", "SimConfig", "SimulatorServer"]
@@ -46,7 +66,28 @@ MAX_ASINS = 100
 SP_RATE = 5.0
 SP_BURST = 10.0
 RESTRICTIONS_PATH = "/listings/2021-08-01/restrictions"
+BESTSELLERS_COST = 50
+FINDER_COST = 10  # /query: 10 + 1 per 100 ASINs returned
+STOREFRONT_EXTRA = 9  # /seller with storefront=1: assumed 10 a seller (KEEPA.md gives only 1 a seller)
+MAX_SELLERS = 100
+MAX_TARGET = 8192  # longest request line and query accepted, in bytes
+MAX_BODY = 65536  # longest request body read
+_KEEPA_PATHS = frozenset({"/token", "/deal", "/product", "/bestsellers", "/category", "/search", "/seller", "/query"})
+_DOMAINS = frozenset({1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12})
 _ASIN_RE = re.compile(r"^[A-Z0-9]{10}$")
+_CODE_RE = re.compile(r"^[0-9]{10,13}$")
+_SELLER_RE = re.compile(r"^A[A-Z0-9]{9,20}$")
+_SELLER_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_CATEGORY_NAMES = {
+    172282: "Electronics",
+    1055398: "Home & Kitchen",
+    3760911: "Beauty & Personal Care",
+    165793011: "Toys & Games",
+    228013: "Tools & Home Improvement",
+    16310101: "Grocery & Gourmet Food",
+    1064954: "Office Products",
+    2619525011: "Appliances",
+}
 _DATE_RANGES = {0: 1, 1: 7, 2: 31, 3: 90}  # Keepa deal dateRange -> days
 _ORIGIN_MINUTE = from_unix_ms(1767225600000)  # 2026-01-01 00:00 UTC: the world is the same on every run
 
@@ -129,6 +170,7 @@ class KeepaSimulator:
         self.config = config or SimConfig()
         self._clock = clock or time.monotonic
         self._t0 = self._clock()
+        self._wall0 = time.time()  # `timestamp` is the server's wall clock, as Keepa's is
         self._start_ms = to_unix_ms(_ORIGIN_MINUTE)
         self.catalog = Catalog(
             self.config.seed,
@@ -176,12 +218,18 @@ class KeepaSimulator:
             self._refill(self.elapsed())
             return self._tokens
 
+    def wall_ms(self) -> int:
+        """The server's wall clock in unix milliseconds (what ``timestamp`` says)."""
+        return int((self._wall0 + (self._clock() - self._t0)) * 1000)
+
     def _fields(self, consumed: int, began: float) -> dict[str, Any]:
         elapsed = self.elapsed()
         self._refill(elapsed)
-        refill_in = int(60000 - (elapsed * 1000) % 60000)
+        # Milliseconds of real time to the next refill, at any time scale: a client that waits
+        # timestamp + refillIn - now (as the keepa package does) wakes when the tokens are there.
+        refill_in = math.ceil((60000 - (elapsed * 1000) % 60000) / self.config.time_scale)
         return {
-            "timestamp": self._start_ms + int(elapsed * 1000),
+            "timestamp": self.wall_ms(),
             "tokensLeft": math.floor(self._tokens),
             "refillIn": refill_in,
             "refillRate": self.config.refill_rate,
@@ -226,15 +274,17 @@ class KeepaSimulator:
         hdrs = {k.lower(): v for k, v in (headers or {}).items()}
         if path == "/_sim/stats":  # not counted: reading the counters does not change them
             return Response(200, self.stats())
+        known = path == RESTRICTIONS_PATH or path in _KEEPA_PATHS
         with self._lock:
             self._counters.requests += 1
-            self._counters.by_endpoint[path] = self._counters.by_endpoint.get(path, 0) + 1
+            counted = path if known else "(other)"  # bounded: one counter per endpoint, one for the rest
+            self._counters.by_endpoint[counted] = self._counters.by_endpoint.get(counted, 0) + 1
         if path == RESTRICTIONS_PATH:
             if method != "GET":
                 return Response(405, _sp_error("MethodNotAllowed", f"{method} is not allowed here"))
             return self._restrictions(query, hdrs)
-        if path not in ("/token", "/deal", "/product"):
-            return self._keepa_error(404, "notFound", f"no such endpoint: {path}", time.monotonic())
+        if not known:
+            return self._keepa_error(404, "notFound", f"no such endpoint: {path[:100]}", time.monotonic())
         if method not in ("GET", "POST"):
             return self._keepa_error(405, "methodNotAllowed", f"{method} is not allowed", time.monotonic())
         return self._keepa(path, query)
@@ -257,7 +307,7 @@ class KeepaSimulator:
             with self._lock:
                 return Response(200, self._fields(0, began))
         try:
-            work = self._deal_work(query) if path == "/deal" else self._product_work(query)
+            work = self._work(path, query)
         except _BadRequest as exc:
             return self._keepa_error(400, "badRequest", str(exc), began)
         with self._lock:
@@ -283,56 +333,95 @@ class KeepaSimulator:
             c.min_balance = min(c.min_balance, self._tokens)
             if path == "/deal":
                 c.deals_served += len(payload["deals"]["dr"])
-            else:
+            elif path == "/product":
                 c.products_served += len(payload["products"])
             body = self._fields(cost, began)
         body.update(payload)
         return Response(200, body)
 
+    def _work(self, path: str, query: dict[str, str]) -> Callable[[], tuple[dict[str, Any], int]]:
+        """Validate a request (raising `_BadRequest`) and return what answers it: ``work() -> (payload, cost)``."""
+        domain = _domain(query.get("domain", "1"))
+        if path == "/deal":
+            return self._deal_work(query)
+        if path == "/product":
+            return self._product_work(query, domain)
+        if path == "/bestsellers":
+            return self._bestsellers_work(query, domain)
+        if path in ("/category", "/search"):
+            return self._category_work(path, query, domain)
+        if path == "/seller":
+            return self._seller_work(query, domain)
+        return self._finder_work(query, domain)  # /query
+
     def _deal_work(self, query: dict[str, str]) -> Callable[[], tuple[dict[str, Any], int]]:
-        raw = query.get("selection")
-        if raw is None:
-            raise _BadRequest("missing parameter: selection (a JSON deal query)")
-        try:
-            selection = json.loads(raw)
-        except ValueError as exc:
-            raise _BadRequest(f"selection is not valid JSON: {exc}") from None
-        if not isinstance(selection, dict):
-            raise _BadRequest("selection must be a JSON object")
+        selection = _selection(query, "deal")
         page = selection.get("page", 0)
         date_range = selection.get("dateRange", 0)
         if not isinstance(page, int) or page < 0:
             raise _BadRequest("selection.page must be a non-negative integer")
         if date_range not in _DATE_RANGES:
             raise _BadRequest("selection.dateRange must be 0, 1, 2 or 3")
+        _domain(str(selection.get("domainId", 1)))
+        price_types = selection.get("priceTypes", [0])
+        if isinstance(price_types, int):  # the keepa package sends a bare number
+            price_types = [price_types]
+        if not (isinstance(price_types, list) and len(price_types) == 1 and price_types[0] in range(CSV_LENGTH)):
+            raise _BadRequest("selection.priceTypes must name one price type (0-35)")
+        include = _id_set(selection, "includeCategories")
+        exclude = _id_set(selection, "excludeCategories")
+        current = _range(selection, "currentRange")
+        percent = _range(selection, "deltaPercentRange")
+        words = str(selection.get("titleSearch") or "").lower().split()
+
+        def keep(d: Any) -> bool:
+            pct = round(100 * (d.current - d.average) / d.average) if d.average else 0
+            return (
+                (include is None or d.root_category in include)
+                and (exclude is None or d.root_category not in exclude)
+                and (current is None or current[0] <= d.current <= current[1])
+                and (percent is None or percent[0] <= -pct <= percent[1])  # a drop of 30% is 30
+                and all(w in d.title.lower() for w in words)
+            )
 
         def work() -> tuple[dict[str, Any], int]:
             now = self.now_minute()
-            deals = self.catalog.deals_between(now - _DATE_RANGES[date_range] * 1440, now)
+            deals = [d for d in self.catalog.deals_between(now - _DATE_RANGES[date_range] * 1440, now) if keep(d)]
             chunk = deals[page * DEAL_PAGE_SIZE : (page + 1) * DEAL_PAGE_SIZE]
             dr = [d.as_json(now) for d in chunk]
-            return {"deals": {"dr": dr, "categoryIds": [], "categoryNames": [], "categoryCount": []}}, DEAL_PAGE_COST
+            cats = sorted({d.root_category for d in chunk})
+            body = {"dr": dr, "categoryIds": cats, "categoryNames": [_CATEGORY_NAMES.get(c, str(c)) for c in cats]}
+            body["categoryCount"] = [sum(d.root_category == c for d in chunk) for c in cats]
+            return {"deals": body}, DEAL_PAGE_COST
 
         return work
 
-    def _product_work(self, query: dict[str, str]) -> Callable[[], tuple[dict[str, Any], int]]:
+    def _product_work(self, query: dict[str, str], domain: int) -> Callable[[], tuple[dict[str, Any], int]]:
+        codes = [c.strip() for c in query.get("code", "").split(",") if c.strip()]
         asins = [a.strip() for a in query.get("asin", "").split(",") if a.strip()]
-        if not asins:
-            raise _BadRequest("missing parameter: asin (comma-separated, up to 100)")
-        if len(asins) > MAX_ASINS:
-            raise _BadRequest(f"too many ASINs: {len(asins)} (at most {MAX_ASINS} per request)")
-        bad = [a for a in asins if not _ASIN_RE.match(a)]
+        if asins and codes:
+            raise _BadRequest("pass asin or code, not both")
+        if not asins and not codes:
+            raise _BadRequest("missing parameter: asin or code (comma-separated, up to 100)")
+        items = asins or codes
+        if len(items) > MAX_ASINS:
+            raise _BadRequest(f"too many products: {len(items)} (at most {MAX_ASINS} per request)")
+        bad = [a for a in asins if not _ASIN_RE.match(a)] + [c for c in codes if not _CODE_RE.match(c)]
         if bad:
-            raise _BadRequest(f"malformed ASIN: {bad[0]!r}")
+            kind = "ASIN" if asins else "product code (UPC, EAN or ISBN-13: 10 to 13 digits)"
+            raise _BadRequest(f"malformed {kind}: {bad[0][:20]!r}")
         flags = {}
-        for name in ("offers", "stock", "buybox", "rating", "update", "days", "history"):
+        for name in ("offers", "stock", "buybox", "rating", "update", "days", "history", "stats", "only-live-offers"):
             value = query.get(name)
             if value is None or value == "":
                 continue
             try:
                 flags[name] = int(value)
             except ValueError:
-                raise _BadRequest(f"{name} must be an integer, got {value!r}") from None
+                if name == "stats":  # a date range ("2025-01-01,2025-02-01") is allowed too
+                    flags[name] = 180
+                    continue
+                raise _BadRequest(f"{name} must be an integer, got {value[:20]!r}") from None
         offers = flags.get("offers", 0)
         if offers and not 20 <= offers <= 100:
             raise _BadRequest("offers must be between 20 and 100")
@@ -340,34 +429,38 @@ class KeepaSimulator:
         if days is not None and days <= 0:
             raise _BadRequest("days must be positive")
         history = flags.get("history", 1) != 0
+        buybox = bool(flags.get("buybox"))
+        rating = bool(flags.get("rating"))
+        stock = bool(flags.get("stock"))
+        stats = flags.get("stats")
 
         def work() -> tuple[dict[str, Any], int]:
             now = self.now_minute()
             products = []
             cost = 0
-            for asin in dict.fromkeys(asins):
+            for item in dict.fromkeys(items):
+                asin = item if asins else _asin_for_code(item)
                 p = self.catalog.product(asin)
+                types = ALWAYS | (RATING_TYPES if rating else frozenset()) | (BUYBOX_TYPES if buybox else frozenset())
+                entry = _product_json(p, asin, domain, now, self.catalog.origin)
+                entry["csv"] = p.history(days, self.catalog.origin, types=types) if history else None
+                if codes:
+                    entry["eanList" if len(item) == 13 else "upcList"] = [item]
                 one = 1
-                entry: dict[str, Any] = {
-                    "asin": asin,
-                    "domainId": 1,
-                    "title": p.title,
-                    "rootCategory": p.root_category,
-                    "lastUpdate": now,
-                    "csv": p.history(days, self.catalog.origin) if history else None,
-                }
                 if offers:
                     pages = math.ceil(min(offers, p.offer_count) / 10)
                     one = 6 * pages if pages else 1
-                    shown = min(offers, p.offer_count)
-                    entry["offers"] = [{"offerId": i, "isPrime": i % 2 == 0} for i in range(shown)]
-                    if flags.get("stock"):
+                    entry.update(_offers_json(self.config.seed, p, offers, stock, days, self.catalog.origin))
+                    if stock:
                         one += 2
-                        entry["stockPerCondition3rdFBA"] = [p.offer_count % 7] * 5
-                if flags.get("buybox"):
-                    one += 2
-                if flags.get("rating"):
+                elif buybox:
+                    one += 2  # with offers the buy box comes free (Keepa: "ignored if offers is used")
+                if buybox or offers:
+                    entry.update(_buybox_json(self.config.seed, p, days, self.catalog.origin))
+                if rating:
                     one += 1
+                if stats:
+                    entry["stats"] = _stats_json(p, self.catalog.origin, stock)
                 if flags.get("update") == 0:
                     one += 1
                 if self.config.cost_noise:
@@ -376,6 +469,79 @@ class KeepaSimulator:
                 cost += one
                 products.append(entry)
             return {"products": products}, cost
+
+        return work
+
+    def _bestsellers_work(self, query: dict[str, str], domain: int) -> Callable[[], tuple[dict[str, Any], int]]:
+        category = _int(query, "category")
+        if category is None:
+            raise _BadRequest("missing parameter: category")
+
+        def work() -> tuple[dict[str, Any], int]:
+            rng = random.Random(f"{self.config.seed}:bestsellers:{domain}:{category}")
+            asins = [asin_for(rng.randrange(10**6)) for _ in range(100)]
+            body = {"domainId": domain, "lastUpdate": self.now_minute(), "categoryId": category, "asinList": asins}
+            return {"bestSellersList": body}, BESTSELLERS_COST
+
+        return work
+
+    def _category_work(
+        self, path: str, query: dict[str, str], domain: int
+    ) -> Callable[[], tuple[dict[str, Any], int]]:
+        if path == "/search":
+            if query.get("type") != "category":
+                raise _BadRequest("search type must be 'category' (product search is not simulated)")
+            term = query.get("term", "").strip().lower()
+            if not term:
+                raise _BadRequest("missing parameter: term")
+            ids = [c for c, name in _CATEGORY_NAMES.items() if all(w in name.lower() for w in term.split())]
+        else:
+            raw = query.get("category", "")
+            try:
+                ids = [int(c) for c in raw.split(",") if c.strip()]
+            except ValueError:
+                raise _BadRequest(f"category must be comma-separated ids, got {raw[:40]!r}") from None
+            if not ids or len(ids) > 10:
+                raise _BadRequest("category: between 1 and 10 ids")
+            ids = [c for c in ids if c in _CATEGORY_NAMES or c == 0]
+
+        def work() -> tuple[dict[str, Any], int]:
+            cats = {str(c): _category_json(c, domain) for c in ids if c}
+            if 0 in ids:  # the root: every top-level category
+                cats.update({str(c): _category_json(c, domain) for c in _CATEGORY_NAMES})
+            return {"categories": cats}, 1
+
+        return work
+
+    def _seller_work(self, query: dict[str, str], domain: int) -> Callable[[], tuple[dict[str, Any], int]]:
+        ids = [s.strip() for s in query.get("seller", "").split(",") if s.strip()]
+        if not ids or len(ids) > MAX_SELLERS:
+            raise _BadRequest(f"seller: between 1 and {MAX_SELLERS} seller ids")
+        bad = [i for i in ids if not _SELLER_RE.match(i)]
+        if bad:
+            raise _BadRequest(f"malformed seller id: {bad[0][:20]!r}")
+        storefront = _int(query, "storefront") == 1
+
+        def work() -> tuple[dict[str, Any], int]:
+            now = self.now_minute()
+            sellers = {i: _seller_json(self.config.seed, i, domain, now, storefront) for i in dict.fromkeys(ids)}
+            return {"sellers": sellers}, len(sellers) * (1 + (STOREFRONT_EXTRA if storefront else 0))
+
+        return work
+
+    def _finder_work(self, query: dict[str, str], domain: int) -> Callable[[], tuple[dict[str, Any], int]]:
+        selection = _selection(query, "product")
+        per_page = selection.get("perPage", 50)
+        page = selection.get("page", 0)
+        if not (isinstance(per_page, int) and 50 <= per_page <= 10000) or not (isinstance(page, int) and page >= 0):
+            raise _BadRequest("selection.perPage must be 50-10000 and selection.page non-negative")
+
+        def work() -> tuple[dict[str, Any], int]:
+            rng = random.Random(f"{self.config.seed}:query:{domain}:{json.dumps(selection, sort_keys=True)}")
+            total = rng.randint(0, 3 * per_page)
+            start = page * per_page
+            asins = [asin_for(rng.randrange(10**6)) for _ in range(max(0, min(per_page, total - start)))]
+            return {"asinList": asins, "totalResults": total}, FINDER_COST + math.ceil(len(asins) / 100)
 
         return work
 
@@ -418,6 +584,229 @@ class _BadRequest(Exception):
     """A request the simulator rejects with HTTP 400."""
 
 
+def _selection(query: dict[str, str], kind: str) -> dict[str, Any]:
+    """The JSON object in the ``selection`` parameter, or `_BadRequest`."""
+    raw = query.get("selection")
+    if raw is None:
+        raise _BadRequest(f"missing parameter: selection (a JSON {kind} query)")
+    try:
+        selection = json.loads(raw)
+    except ValueError as exc:
+        raise _BadRequest(f"selection is not valid JSON: {exc}") from None
+    if not isinstance(selection, dict):
+        raise _BadRequest("selection must be a JSON object")
+    return selection
+
+
+def _domain(text: str) -> int:
+    """A Keepa domain id (1-12, not the reserved 0 and 7), or `_BadRequest`."""
+    try:
+        domain = int(text)
+    except ValueError:
+        raise _BadRequest(f"domain must be a Keepa domain id (1-12), got {text[:20]!r}") from None
+    if domain not in _DOMAINS:
+        raise _BadRequest(f"domain {domain} is not a Keepa marketplace (1-6, 8-12)")
+    return domain
+
+
+def _int(query: dict[str, str], name: str) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise _BadRequest(f"{name} must be an integer, got {value[:20]!r}") from None
+
+
+def _id_set(selection: dict[str, Any], name: str) -> set[int] | None:
+    value = selection.get(name)
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value) or len(value) > 500:
+        raise _BadRequest(f"selection.{name} must be a list of category ids")
+    return set(value)
+
+
+def _range(selection: dict[str, Any], name: str) -> tuple[int, int] | None:
+    value = selection.get(name)
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise _BadRequest(f"selection.{name} must be [min, max]")
+    return value[0], value[1]
+
+
+def _asin_for_code(code: str) -> str:
+    """The ASIN a UPC/EAN/ISBN-13 stands for (the same one on every run)."""
+    return asin_for(int(code) % 36**8)
+
+
+def _product_json(p: Any, asin: str, domain: int, now: int, origin: int) -> dict[str, Any]:
+    """A product's fixed fields, as Keepa's product object names them."""
+    first = min((s[0] for s in p.csv if s), default=origin)
+    return {
+        "asin": asin,
+        "domainId": domain,
+        "productType": 0,
+        "title": p.title,
+        "rootCategory": p.root_category,
+        "categories": [p.root_category],
+        "trackingSince": first,
+        "listedSince": first,
+        "lastUpdate": now,
+        "lastPriceChange": origin,
+        "lastRatingUpdate": origin,
+        "manufacturer": "Simulated",
+        "brand": "Simulated",
+    }
+
+
+def _seller_id(rng: random.Random) -> str:
+    return "A" + "".join(rng.choice(_SELLER_ALPHABET) for _ in range(13))
+
+
+def _cut(series: list[int], step: int, days: int | None, origin: int) -> list[int]:
+    start = -math.inf if days is None else origin - days * 1440
+    out: list[int] = []
+    for i in range(0, len(series), step):
+        if start <= series[i] <= origin:
+            out += series[i : i + step]
+    return out
+
+
+def _offers_json(seed: int, p: Any, wanted: int, stock: bool, days: int | None, origin: int) -> dict[str, Any]:
+    """``offers`` and ``liveOffersOrder`` as Keepa sends them with ``offers=N`` (``stockCSV`` with ``stock=1``)."""
+    rng = random.Random(f"{seed}:offers:{p.asin}")
+    offers = []
+    base = next((v for v in p.csv[1][1::2] if v > 0), 1999)
+    for i in range(min(wanted, p.offer_count)):
+        amazon = i == 0 and rng.random() < 0.5
+        fba = amazon or rng.random() < 0.5
+        minute = origin - rng.randint(30, 400) * 1440
+        csv: list[int] = []
+        stock_csv: list[int] = []
+        price = max(99, int(base * rng.uniform(0.9, 1.3)))
+        while minute <= origin:
+            csv += (minute, price, 0 if fba else rng.choice((0, 399, 499)))
+            stock_csv += (minute, rng.randint(0, 40))
+            price = max(99, int(price * rng.uniform(0.95, 1.05)))
+            minute += rng.randint(1, 20) * 1440
+        offer: dict[str, Any] = {
+            "offerId": i,
+            "lastSeen": origin,
+            "sellerId": "ATVPDKIKX0DER" if amazon else _seller_id(rng),
+            "offerCSV": _cut(csv, 3, days, origin) or csv[-3:],
+            "condition": 1 if rng.random() < 0.8 else rng.randint(2, 5),
+            "conditionComment": None,
+            "isPrime": fba,
+            "isMAP": False,
+            "isShippable": True,
+            "isAddonItem": False,
+            "isPreorder": False,
+            "isWarehouseDeal": False,
+            "isScam": False,
+            "shipsFromChina": False,
+            "isAmazon": amazon,
+            "isFBA": fba,
+            "isPrimeExcl": False,
+            "minOrderQty": 1,
+        }
+        if stock:
+            offer["stockCSV"] = _cut(stock_csv, 2, days, origin) or stock_csv[-2:]
+        offers.append(offer)
+    return {"offers": offers, "liveOffersOrder": [o["offerId"] for o in offers]}
+
+
+def _buybox_json(seed: int, p: Any, days: int | None, origin: int) -> dict[str, Any]:
+    """``buyBoxSellerIdHistory`` (``[minute, sellerId, ...]``) and ``buyBoxUsedHistory``
+    (``[minute, sellerId, condition, isFBA, ...]``), strings as Keepa sends them."""
+    rng = random.Random(f"{seed}:buybox:{p.asin}")
+    sellers = [_seller_id(rng) for _ in range(3)] + ["ATVPDKIKX0DER"]
+    new: list[str] = []
+    used: list[str] = []
+    start = origin - (days or 3 * 365) * 1440
+    minute = start + rng.randint(0, 2000)
+    while minute <= origin:
+        new += (str(minute), rng.choice(sellers))
+        used += (str(minute), rng.choice(sellers[:3]), str(rng.randint(2, 5)), rng.choice(("1", "0")))
+        minute += rng.randint(2, 30) * 1440
+    return {"buyBoxSellerIdHistory": new, "buyBoxUsedHistory": used}
+
+
+def _stats_json(p: Any, origin: int, stock: bool) -> dict[str, Any]:
+    """The statistics object: ``current``/``avg`` by price type (-1 none), ``min``/``max`` as
+    ``[minute, value]`` or null, as Keepa sends them with ``stats=``."""
+    current: list[int] = []
+    average: list[int] = []
+    lows: list[list[int] | None] = []
+    highs: list[list[int] | None] = []
+    for price_type, series in enumerate(p.csv):
+        step = 3 if price_type in TRIPLES else 2
+        points: list[tuple[int, int]] = [
+            (series[i], series[i + 1]) for i in range(0, len(series), step) if series[i + 1] >= 0
+        ]
+        if not points:
+            current.append(-1)
+            average.append(-1)
+            lows.append(None)
+            highs.append(None)
+            continue
+        current.append(points[-1][1])
+        average.append(round(sum(v for _, v in points) / len(points)))
+        low = min(points, key=lambda m: m[1])
+        high = max(points, key=lambda m: m[1])
+        lows.append([low[0], low[1]])
+        highs.append([high[0], high[1]])
+    stats: dict[str, Any] = {"current": current, "avg": average, "avg30": average, "min": lows, "max": highs}
+    if stock:
+        stats["stockPerCondition3rdFBA"] = [p.offer_count % 7] * 5
+        stats["stockPerConditionFBM"] = [p.offer_count % 5] * 5
+    return stats
+
+
+def _category_json(category: int, domain: int) -> dict[str, Any]:
+    rng = random.Random(f"category:{domain}:{category}")
+    return {
+        "domainId": domain,
+        "catId": category,
+        "name": _CATEGORY_NAMES.get(category, str(category)),
+        "contextFreeName": _CATEGORY_NAMES.get(category, str(category)),
+        "children": [],
+        "parent": 0,
+        "highestRank": rng.randint(10**5, 10**7),
+        "lowestRank": 1,
+        "productCount": rng.randint(10**4, 10**7),
+        "isBrowseNode": True,
+    }
+
+
+def _seller_json(seed: int, seller: str, domain: int, now: int, storefront: bool) -> dict[str, Any]:
+    rng = random.Random(f"{seed}:seller:{seller}")
+    entry: dict[str, Any] = {
+        "sellerId": seller,
+        "sellerName": f"Simulated Seller {seller[-4:]}",
+        "domainId": domain,
+        "trackedSince": now - rng.randint(100, 2000) * 1440,
+        "lastUpdate": now,
+        "lastRatingUpdate": now - rng.randint(0, 30) * 1440,
+        "hasFBA": rng.random() < 0.6,
+        "shipsFromChina": False,
+        "currentRating": rng.randint(70, 100),
+        "currentRatingCount": rng.randint(10, 50000),
+        "ratingsLast30Days": rng.randint(0, 500),
+    }
+    if storefront:
+        entry["asinList"] = [asin_for(rng.randrange(10**6)) for _ in range(rng.randint(1, 50))]
+        entry["asinListLastSeen"] = [now] * len(entry["asinList"])
+        entry["totalStorefrontAsins"] = [now, len(entry["asinList"])]
+    return entry
+
+
+def _error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}}
+
+
 def _sp_error(code: str, message: str) -> dict[str, Any]:
     return {"errors": [{"code": code, "message": message, "details": ""}]}
 
@@ -428,10 +817,11 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        response = self.server.simulator.handle(self.command, self.path, dict(self.headers.items()))
+        response = self._refusal()
+        if response is None:
+            response = self.server.simulator.handle(self.command, self.path, dict(self.headers.items()))
+        else:
+            self.close_connection = True  # whatever is left of the request is never read
         data = json.dumps(response.body, separators=(",", ":")).encode()
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
@@ -440,6 +830,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _refusal(self) -> Response | None:
+        """An answer for a request too big or malformed to handle (the body is read only if it is small)."""
+        if len(self.path) > MAX_TARGET:
+            return Response(414, _error_body("uriTooLong", f"the request target is over {MAX_TARGET} bytes"))
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return None
+        if not raw.strip().isdigit():
+            message = f"Content-Length must be a number of bytes, got {raw[:20]!r}"
+            return Response(400, _error_body("badRequest", message))
+        length = int(raw)
+        if length > MAX_BODY:
+            return Response(413, _error_body("payloadTooLarge", f"the body is over {MAX_BODY} bytes"))
+        if length:
+            self.rfile.read(length)
+        return None
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
