@@ -109,9 +109,8 @@ def _price(cents: Any) -> str:
 
 
 def _seen(store: Store) -> dict[str, float]:
-    """When the collector first stored each deal (wall time); the store's own deal rows do not return it."""
-    rows = store._conn().execute("SELECT asin, first_seen FROM deals ORDER BY seq DESC LIMIT 200")
-    return {a: float(t) for a, t in rows}
+    """When the collector first stored each of the newest deals (wall time)."""
+    return dict(store.first_seen(200))
 
 
 def render_page(store: Store, leases: Sequence[LeaseView] | None, *, hours: float = 6.0) -> str:

@@ -165,7 +165,7 @@ def summary_lines(
             learned.append(f"{op} {q.costs.per_unit(op):.1f}")
         except Exception:
             continue
-    lines.append(f"  learned cost per unit {', '.join(learned)} (prior 20 an ASIN, 5 a deal page)")
+    lines += _wrap(f"  {'learned cost per unit':<22}", f"{', '.join(learned)} (prior 20 an ASIN, 5 a deal page)", 80)
     if sim_stats is not None:
         keepa_requests = sim_stats["requests"] - sim_stats["sp_requests"]
         keepa_429_text = (
@@ -173,23 +173,25 @@ def summary_lines(
             if sim_stats["keepa_429"] == 0
             else f"{sim_stats['keepa_429']} calls found Keepa at zero or below (429)."
         )
-        lines += [
-            f"  upstream requests     {keepa_requests} Keepa (charged {sim_stats['tokens_charged']} tokens), "
-            f"{sim_stats['sp_requests']} SP-API (free, own 5/s limit)",
-            f"  upstream 429s         {sim_stats['keepa_429']} Keepa, {sim_stats['sp_429']} SP-API",
-            f"  lowest Keepa balance  {sim_stats['min_balance']:.0f} tokens, Keepa's own count just after it charged",
-            f"                        a call. A call starts only with {policy.min_start:.0f} tokens in the bucket, "
-            "sized",
-            f"                        to leave at most {policy.max_debt:.0f} of debt at its estimated cost; Keepa",
-            "                        charges the real cost after the call and refills once a minute, so",
-            "                        its count can dip below that. " + keepa_429_text,
-        ]
+        requests = (
+            f"{keepa_requests} Keepa (charged {sim_stats['tokens_charged']} tokens), "
+            f"{sim_stats['sp_requests']} SP-API (free, own 5/s limit)"
+        )
+        lowest = (
+            f"{sim_stats['min_balance']:.0f} tokens, Keepa's own count just after it charged a call. A call "
+            f"starts only with {policy.min_start:.0f} tokens in the bucket, sized to leave at most "
+            f"{policy.max_debt:.0f} of debt at its estimated cost; Keepa charges the real cost after the call "
+            f"and refills once a minute, so its count can dip below that. {keepa_429_text}"
+        )
+        lines += _wrap("  upstream requests     ", requests, 80)
+        lines.append(f"  upstream 429s         {sim_stats['keepa_429']} Keepa, {sim_stats['sp_429']} SP-API")
+        lines += _wrap("  lowest Keepa balance  ", lowest, 80)
     snap = q.bucket.snapshot()
-    lines.append(
-        f"  bucket now            {snap.tokens:.0f} tokens ({snap.promised:.0f} held by waiting calls), "
-        f"debt {snap.debt:.0f}, "
+    now = (
+        f"{snap.tokens:.0f} tokens ({snap.promised:.0f} held by waiting calls), debt {snap.debt:.0f}, "
         f"positive in {format_duration(snap.time_to_positive)}"
     )
+    lines += _wrap("  bucket now            ", now, 80)
     for job, count in sorted(c.stats.failures.items()):
         times = "once" if count == 1 else f"{count} times"
         lines += _wrap("  failed job            ", f"{job}, {times}; last: {c.stats.last_error[job]}", 80)

@@ -383,6 +383,11 @@ class Store:
         keys = ("asin", "title", "current", "average", "delta_percent", "creation_date", "restricted", "points")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    def first_seen(self, limit: int = 200) -> list[tuple[str, float]]:
+        """``(asin, unix time first stored)`` of the newest ``limit`` deals, newest first."""
+        rows = self._conn().execute("SELECT asin, first_seen FROM deals ORDER BY seq DESC LIMIT ?", (limit,))
+        return [(str(a), float(t)) for a, t in rows]
+
     def token_series(self, since: float) -> list[tuple[float, float]]:
         """``(unix time, tokens left)`` recorded since ``since``."""
         rows = self._conn().execute("SELECT at, tokens_left FROM token_log WHERE at >= ? ORDER BY at", (since,))
