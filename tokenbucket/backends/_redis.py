@@ -491,7 +491,9 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         # reserve wait for its reply no longer than its caller's timeout.
         self._by_connection = hasattr(client, "connection_pool") and getattr(client, "connection", None) is None
         self._lost_lock = threading.Lock()
+        self._mend_lock = threading.Lock()  # one give-back pass at a time
         self._mender: threading.Thread | None = None
+        self._closed = False
 
     @classmethod
     def from_url(
@@ -555,9 +557,11 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
     def close(self) -> None:
         """Close the client if `from_url` made it; a client passed in is left to its owner.
 
-        Tokens of reserves whose reply was lost are given back first, if Redis answers.
+        Tokens of reserves whose reply was lost are given back first, if Redis answers
+        (one try; the background thread stops).
         """
         self._mend_once()
+        self._closed = True
         if self._owns_client:
             self._client.close()
             # RedisCluster.close() keeps its nodes' pooled sockets: disconnect them as well.
@@ -665,24 +669,33 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
                 self._mender.start()
 
     def _mend(self) -> None:
-        while self._mend_once():
+        while not self._closed and self._mend_once():
             time.sleep(_MEND_EVERY)
 
     def _mend_once(self) -> bool:
-        """Try to give back every lost reserve once; True while some remain."""
-        with self._lost_lock:
-            batch = list(self._lost)
-        for lost in batch:
-            try:
-                self._give_back(lost)
-            except Exception as exc:  # Redis still away (or worse): keep trying for a while
-                if time.monotonic() - lost.sent < GIVE_BACK_SECONDS:
-                    continue
-                _log.warning("could not give back a lost reserve of %g on bucket %r: %s", lost.cost, lost.key, exc)
+        """Try to give back every lost reserve once; True while some remain.
+
+        One pass at a time: a pass already running (the thread's) is not waited
+        for, so `close` never blocks on a server that does not answer.
+        """
+        if not self._mend_lock.acquire(blocking=False):
+            return True
+        try:
             with self._lost_lock:
-                self._lost.remove(lost)
-        with self._lost_lock:
-            return bool(self._lost)
+                batch = list(self._lost)
+            for lost in batch:
+                try:
+                    self._give_back(lost)
+                except Exception as exc:  # Redis still away (or worse): keep trying for a while
+                    if time.monotonic() - lost.sent < GIVE_BACK_SECONDS:
+                        continue
+                    _log.warning("could not give back a lost reserve of %g on %r: %s", lost.cost, lost.key, exc)
+                with self._lost_lock:
+                    self._lost.remove(lost)
+            with self._lost_lock:
+                return bool(self._lost)
+        finally:
+            self._mend_lock.release()
 
     def _give_back(self, lost: _Lost) -> None:
         """Claim the outcome of a lost reserve (once) and return its tokens."""
