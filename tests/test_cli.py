@@ -17,7 +17,7 @@ import pytest
 import tomllib
 from redis_servers import RedisClusterServers, RedisServer, free_port
 
-from tokenbucket import LeaseLock, RedisBackend, TokenBucket
+from tokenbucket import LeaseLock, PolicyMismatch, RedisBackend, TokenBucket
 from tokenbucket._cli import main
 
 pytestmark = pytest.mark.redis
@@ -221,6 +221,23 @@ class TestBuckets:
         assert "is stored with policy" in one_error_line(result)
         snap = TokenBucket("keepa", rate="5/minute", capacity=300, overdraft=math.inf, backend=backend).snapshot()
         assert snap.tokens == pytest.approx(290, abs=0.1)  # unchanged
+
+    def test_reconfigure_changes_the_stored_policy_and_keeps_the_balance(
+        self, backend: RedisBackend, redis_server: RedisServer, redis_prefix: str
+    ) -> None:
+        old = TokenBucket("keepa", rate="5/minute", capacity=300, overdraft=math.inf, backend=backend)
+        old.acquire(300).settle(340)  # 40 in debt
+        changed = tb("reconfigure", "keepa", "--rate", "20/minute", "--prefix", redis_prefix, url=redis_server.url)
+        assert changed.returncode == 0, changed.stderr
+        assert "refill/s 0.0833333 -> 0.333333; the balance carried over" in changed.stdout
+        new = TokenBucket("keepa", rate="20/minute", capacity=300, overdraft=math.inf, backend=backend)
+        assert new.snapshot().tokens == pytest.approx(-40, abs=0.5)  # the debt is not forgotten
+        with pytest.raises(PolicyMismatch):
+            old.try_acquire(1)
+        nothing = tb("reconfigure", "keepa", "--prefix", redis_prefix, url=redis_server.url)
+        assert "say what to change" in one_error_line(nothing)
+        missing = tb("reconfigure", "nobody", "--rate", "1/second", "--prefix", redis_prefix, url=redis_server.url)
+        assert "no state in Redis" in one_error_line(missing)
 
     def test_sync_refuses_a_balance_out_of_range(self, redis_server: RedisServer, redis_prefix: str) -> None:
         for remaining in ("1e400", "-1e20", "nan"):

@@ -5,6 +5,7 @@ Buckets and leases on Redis, seen and repaired from a shell:
     tokenbucket status keepa                       # balance, debt, time to positive / full, policy
     tokenbucket watch keepa --interval 2           # the same, refreshed in place
     tokenbucket sync keepa --remaining -12         # adopt the upstream's reported balance
+    tokenbucket reconfigure keepa --rate 20/minute # change the stored policy, keeping the balance
     tokenbucket locks ls                           # every lease held (SCAN, never KEYS)
     tokenbucket locks inspect backfill_deals       # who holds it, since when, until when
     tokenbucket locks break backfill_deals --expect-fence 1795872303222
@@ -18,11 +19,12 @@ key prefix the application uses (default ``tb:``). Every read command takes
 match) print one line on stderr and exit with status 1; usage errors exit 2.
 
 ``status``, ``watch`` and ``sync`` need the bucket's policy. The Redis
-backend stores the policy last used with the bucket's state, so an operator
-need not know it; ``--rate``, ``--capacity``, ``--overdraft``,
-``--min-start`` and ``--initial`` override what is stored, and are required
-for a bucket that has no state in Redis (never used, or idle and full long
-enough to expire).
+backend stores the policy with the bucket's state, so an operator need not
+know it; ``--rate``, ``--capacity``, ``--overdraft``, ``--min-start`` and
+``--initial`` are required for a bucket that has no state in Redis (never
+used, or idle and full long enough to expire). Given for a stored bucket,
+they must match its policy (else `PolicyMismatch`): ``reconfigure`` is the
+command that changes it.
 """
 
 from __future__ import annotations
@@ -269,6 +271,38 @@ def _cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_reconfigure(args: argparse.Namespace, out: TextIO) -> int:
+    if all(v is None for v in (args.rate, args.capacity, args.overdraft, args.min_start, args.initial)):
+        raise CommandError("say what to change: --rate, --capacity, --overdraft, --min-start or --initial")
+    backend = _backend(args)
+    try:
+        stored = _stored_policy(backend, args.name)
+        if not stored:
+            raise CommandError(f"bucket {args.name!r} has no state in Redis: there is no policy to change")
+        policy, _ = _policy(backend, args)
+        snap = backend.reconfigure(args.name, policy, None)
+    finally:
+        backend.close()
+    changes = [
+        f"{label} {stored[field]:g} -> {new:g}"
+        for label, field, new in (
+            ("refill/s", "refill", policy.refill),
+            ("capacity", "cap", policy.capacity),
+            ("overdraft", "overdraft", policy.overdraft),
+            ("initial", "initial", policy.initial),
+        )
+        if stored[field] != new
+    ]
+    lines = [
+        f"reconfigured bucket {args.name!r}: {', '.join(changes) or 'no change'}; the balance carried over",
+        "bucket objects built with the old policy now raise PolicyMismatch: rebuild them with the new one",
+    ]
+    source = "changed by this command"
+    lines += _snapshot_text(args.name, snap, policy, source)
+    _emit(out, args, _snapshot_dict(args.name, snap, policy, source), lines)
+    return 0
+
+
 def _lease_lines(info: LeaseInfo) -> list[str]:
     o = info.owner
     return [
@@ -358,7 +392,7 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tokenbucket`` argument parser (subcommands ``status``, ``watch``, ``sync``, ``locks``, ``simulate``)."""
+    """The ``tokenbucket`` parser (``status``, ``watch``, ``sync``, ``reconfigure``, ``locks``, ``simulate``)."""
     parser = argparse.ArgumentParser(
         prog="tokenbucket", description="Inspect and repair tokenbucket buckets and leases on Redis."
     )
@@ -382,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--remaining", type=float, required=True, help="the upstream's balance (may be negative)")
     _policy_options(sync)
     sync.set_defaults(handler=_cmd_sync)
+
+    reconfigure = commands.add_parser(
+        "reconfigure", parents=[common], help="change a live bucket's policy, carrying the balance over"
+    )
+    reconfigure.add_argument("name", help="the bucket's name")
+    _policy_options(reconfigure)
+    reconfigure.set_defaults(handler=_cmd_reconfigure)
 
     locks = commands.add_parser("locks", help="leases: ls, inspect, break")
     lock_commands = locks.add_subparsers(dest="locks_command", required=True, metavar="LOCKS_COMMAND")
