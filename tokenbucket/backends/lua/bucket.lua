@@ -45,7 +45,7 @@
 -- the ring, and one found there is answered again, not applied again. The loader
 -- (tokenbucket.backends._redis.lua_source) sets them on the line before this prelude.
 --
--- A policy that differs from the stored one (the first 40 bytes: idle_ms may differ) is
+-- A policy that differs from the stored one (its first five numbers: idle_ms may differ) is
 -- refused with the error 'tokenbucket-policy <capacity> <refill> <overdraft> <min_start>
 -- <initial>' (the stored one), before anything is written.
 
@@ -84,20 +84,17 @@ local ring = ''
 -- something else is an error, never overwritten.
 local raw = call('GET', B)
 if raw then
-  local stored
+  local c, r, d, m, i -- the stored policy (compared as numbers: no string is made for it)
   if #raw >= 88 and (#raw - 88) % 16 == 0 then
-    tokens, updated, last_id, last_start, epoch = unpack_doubles('<ddddd', raw)
-    stored = string.sub(raw, 41, 80)
-    ring = string.sub(raw, 89)
+    tokens, updated, last_id, last_start, epoch, c, r, d, m, i = unpack_doubles('<dddddddddd', raw)
+    if #raw > 88 then ring = string.sub(raw, 89) end
   elseif #raw == 80 then -- written by tokenbucket 0.1: absolute times
-    tokens, updated, last_id, last_start = unpack_doubles('<dddd', raw)
+    tokens, updated, last_id, last_start, c, r, d, m, i = unpack_doubles('<ddddddddd', raw)
     epoch = 0
-    stored = string.sub(raw, 33, 72)
   else
     return redis.error_reply('ERR tokenbucket: ' .. B .. ' does not hold the state of a bucket')
   end
-  if stored ~= string.sub(policy, 1, 40) then
-    local c, r, d, m, i = unpack_doubles('<ddddd', stored)
+  if c ~= cap or r ~= refill or d ~= debt or m ~= min_start or i ~= initial then
     if not ADOPT then
       return redis.error_reply(sformat('ERR tokenbucket-policy %.17g %.17g %.17g %.17g %.17g', c, r, d, m, i))
     end
