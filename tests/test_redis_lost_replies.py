@@ -231,3 +231,23 @@ def test_the_give_back_never_runs_twice(proxy: DroppingProxy, direct: RedisBacke
         for item in lost:
             backend._give_back(item)  # again: already claimed
         assert balance(direct, "twice").tokens == pytest.approx(7, abs=0.01)
+
+
+def test_a_call_that_never_connected_has_nothing_to_give_back() -> None:
+    from redis_servers import free_port
+
+    with RedisBackend.from_url(f"redis://127.0.0.1:{free_port()}/0", on_unavailable="deny", connect_timeout=0.5) as b:
+        bucket = TokenBucket("down", SLOW, capacity=10, backend=b)
+        assert bucket.try_acquire(1) is None  # refused: Redis is not there
+        assert b._lost == []  # the call never reached a server: no give-back to chase
+
+
+def test_the_lost_reserves_kept_are_bounded(direct: RedisBackend) -> None:
+    from tokenbucket.backends._redis import _LOST_LIMIT, _Lost
+
+    policy = TokenBucket("bounded", SLOW, capacity=10, backend=direct).policy
+    for i in range(_LOST_LIMIT + 5):
+        direct._keep_lost(_Lost("bounded", policy, i.to_bytes(8, "little"), 1.0, None, 0.0))
+    assert len(direct._lost) == _LOST_LIMIT
+    assert direct._lost[0].call == (5).to_bytes(8, "little")  # the oldest were forgotten
+    direct._lost.clear()

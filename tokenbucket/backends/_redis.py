@@ -151,6 +151,15 @@ def _claimed(reply: Any) -> int | None:
     return int(text) if text else None
 
 
+_LOST_LIMIT = 10_000
+"""Lost reserves a backend remembers at most, to give back."""
+
+
+def _maybe_ran(exc: BackendError) -> bool:
+    """Whether the call behind ``exc`` may have reached Redis (not a connection that was never made)."""
+    return " connecting to " not in str(exc.__cause__)
+
+
 def _timed_out(exc: BackendError) -> bool:
     """Whether the call behind ``exc`` ran out of time waiting for its reply."""
     import redis.exceptions
@@ -302,6 +311,13 @@ class _RedisCommon:
         """Remember a reserve whose reply was lost, to give its tokens back when Redis answers again."""
         raise NotImplementedError
 
+    def _keep_lost(self, lost: _Lost) -> None:
+        """Add ``lost`` to the list; past `_LOST_LIMIT` the oldest is forgotten (its tokens stay spent)."""
+        if len(self._lost) >= _LOST_LIMIT:
+            dropped = self._lost.pop(0)
+            _log.warning("too many lost reserves to give back; %g tokens on %r stay spent", dropped.cost, dropped.key)
+        self._lost.append(lost)
+
     def _mend_soon(self) -> None:
         """Make sure the lost reserves are being given back."""
         raise NotImplementedError
@@ -310,7 +326,8 @@ class _RedisCommon:
         """The ticket of a reserve that got no reply (or raise): a stalled or unreachable Redis."""
         if not unreachable(exc):
             raise exc
-        self._lose(lost)
+        if _maybe_ran(exc):
+            self._lose(lost)
         if deadline is not None and _timed_out(exc):
             return False, UNAVAILABLE_RETRY_AFTER, None  # its caller's timeout ran out on the round trip
         if self._on_unavailable == "raise":
@@ -595,7 +612,7 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         keys = self._wire_keys(key)
         try:
             with map_redis_errors(op, self._client, key):
-                if deadline is not None and self._by_connection:
+                if deadline is not None:
                     return self._evalsha_within(deadline, script, keys, args)
                 try:
                     return self._client.evalsha(script.sha, len(keys), *keys, *args)
@@ -606,6 +623,10 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
             if mismatch is None:
                 raise
             raise mismatch from None
+
+    def _deadline(self, max_wait: float | None) -> float | None:
+        """See `_RedisCommon._deadline`; only a client whose connections this backend can use directly."""
+        return super()._deadline(max_wait) if self._by_connection else None
 
     def _evalsha_within(self, seconds: float, script: Any, keys: list[bytes], args: list[bytes]) -> Any:
         """EVALSHA on a connection of the pool, waiting at most ``seconds`` for the reply.
@@ -658,7 +679,7 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
 
     def _lose(self, lost: _Lost) -> None:
         with self._lost_lock:
-            self._lost.append(lost)
+            self._keep_lost(lost)
         self._mend_soon()
 
     def _mend_soon(self) -> None:
@@ -691,7 +712,8 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
                         continue
                     _log.warning("could not give back a lost reserve of %g on %r: %s", lost.cost, lost.key, exc)
                 with self._lost_lock:
-                    self._lost.remove(lost)
+                    if lost in self._lost:  # (unless the bound forgot it meanwhile)
+                        self._lost.remove(lost)
             with self._lost_lock:
                 return bool(self._lost)
         finally:
@@ -886,7 +908,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
     # ------------------------------------------------------------ reserves whose reply was lost
 
     def _lose(self, lost: _Lost) -> None:
-        self._lost.append(lost)
+        self._keep_lost(lost)
         self._mend_soon()
 
     def _mend_soon(self) -> None:
@@ -909,7 +931,8 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
                 if time.monotonic() - lost.sent < GIVE_BACK_SECONDS:
                     continue
                 _log.warning("could not give back a lost reserve of %g on bucket %r: %s", lost.cost, lost.key, exc)
-            self._lost.remove(lost)
+            if lost in self._lost:
+                self._lost.remove(lost)
         return bool(self._lost)
 
     async def _give_back(self, lost: _Lost) -> None:
