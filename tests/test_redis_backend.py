@@ -60,7 +60,8 @@ def test_scripts_are_package_data_with_headers() -> None:
         writes = "false" if op == "snapshot" else "true"  # only snapshot merely reads
         adopt = "true" if op == "reconfigure" else "false"  # only reconfigure replaces the policy
         records = f"'{op}'" if op in ("reserve", "settle") else "false"  # the two that are not idempotent
-        assert flag == f"local WRITES, ADOPT, RECORDS = {writes}, {adopt}, {records}"
+        refunds = "true" if op in ("cancel", "settle", "void") else "false"  # the ones that give tokens back
+        assert flag == f"local WRITES, ADOPT, RECORDS, REFUNDS = {writes}, {adopt}, {records}, {refunds}"
         assert text.startswith("-- tokenbucket: the bucket arithmetic")  # then the shared prelude
         body = text.split("-- bucket_" + op + ":", 1)[1]
         assert "Reply:" in body

@@ -65,8 +65,9 @@ def lua_source(name: str) -> str:
     A ``bucket_*`` script is returned with the shared prelude ``bucket.lua``
     in front of it, ready for ``SCRIPT LOAD``, and before that the line
     setting the prelude's ``WRITES`` (false only for ``bucket_snapshot``),
-    ``ADOPT`` (true only for ``bucket_reconfigure``) and ``RECORDS`` (``'reserve'``
-    and ``'settle'`` for those two, which remember their calls; else false).
+    ``ADOPT`` (true only for ``bucket_reconfigure``), ``RECORDS`` (``'reserve'``
+    and ``'settle'`` for those two, which remember their calls; else false) and
+    ``REFUNDS`` (true for ``bucket_cancel``, ``bucket_settle``, ``bucket_void``).
 
     Raises:
         FileNotFoundError: there is no such script.
@@ -78,7 +79,9 @@ def lua_source(name: str) -> str:
         prelude = folder.joinpath("bucket.lua").read_text(encoding="utf-8")
         adopt = "true" if name == "bucket_reconfigure" else "false"
         records = {"bucket_reserve": "'reserve'", "bucket_settle": "'settle'"}.get(name, "false")
-        text = f"local WRITES, ADOPT, RECORDS = {writes}, {adopt}, {records}\n{prelude}\n{text}"
+        refunds = "true" if name in ("bucket_cancel", "bucket_settle", "bucket_void") else "false"
+        flags = f"local WRITES, ADOPT, RECORDS, REFUNDS = {writes}, {adopt}, {records}, {refunds}"
+        text = f"{flags}\n{prelude}\n{text}"
     return text
 
 
@@ -143,12 +146,6 @@ class _Lost:
     cost: float
     now: float | None  # the time the call was made with (None: the server's clock)
     sent: float  # time.monotonic() when it was sent
-
-
-def _claimed(reply: Any) -> int | None:
-    """What ``bucket_void`` took back: the id of a reservation to cancel, 0 for a start at once, or None."""
-    text = reply.decode() if isinstance(reply, bytes) else str(reply)
-    return int(text) if text else None
 
 
 _LOST_LIMIT = 10_000
@@ -720,16 +717,9 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
             self._mend_lock.release()
 
     def _give_back(self, lost: _Lost) -> None:
-        """Claim the outcome of a lost reserve (once) and return its tokens."""
-        claimed = _claimed(self._bucket("void", lost.key, self._args(lost.policy, lost.now, lost.call)))
-        if claimed is None:
-            return
-        if claimed:
-            self.cancel(lost.key, lost.policy, claimed, lost.now)
-        else:
-            give = refundable(lost.policy, lost.cost, 0.0, time.monotonic() - lost.sent)
-            if give > 0:
-                self.settle(lost.key, lost.policy, -give, lost.now)
+        """Take back a lost reserve's tokens, once, in one step (``bucket_void.lua``)."""
+        give = refundable(lost.policy, lost.cost, 0.0, time.monotonic() - lost.sent)
+        self._bucket("void", lost.key, self._args(lost.policy, lost.now, lost.call, repr(give).encode()))
 
     def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
         """See `tokenbucket.backends.Backend.cancel`."""
@@ -937,15 +927,8 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
 
     async def _give_back(self, lost: _Lost) -> None:
         """See `RedisBackend._give_back`."""
-        claimed = _claimed(await self._bucket("void", lost.key, self._args(lost.policy, lost.now, lost.call)))
-        if claimed is None:
-            return
-        if claimed:
-            await self.cancel(lost.key, lost.policy, claimed, lost.now)
-        else:
-            give = refundable(lost.policy, lost.cost, 0.0, time.monotonic() - lost.sent)
-            if give > 0:
-                await self.settle(lost.key, lost.policy, -give, lost.now)
+        give = refundable(lost.policy, lost.cost, 0.0, time.monotonic() - lost.sent)
+        await self._bucket("void", lost.key, self._args(lost.policy, lost.now, lost.call, repr(give).encode()))
 
     async def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
         """See `tokenbucket.backends.Backend.cancel`."""

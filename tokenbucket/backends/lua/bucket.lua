@@ -40,7 +40,8 @@
 --
 -- WRITES: true unless the operation only reads (bucket_snapshot). ADOPT: true for
 -- bucket_reconfigure, which replaces the stored policy (every other operation refuses a
--- policy that differs from the stored one). RECORDS: true for the operations that are not
+-- policy that differs from the stored one). REFUNDS: true for the operations that give tokens
+-- back (bucket_cancel, bucket_settle, bucket_void). RECORDS: for the operations that are not
 -- idempotent by themselves ('reserve', 'settle'; else false): their calls are remembered in
 -- the ring, and one found there is answered again, not applied again. The loader
 -- (tokenbucket.backends._redis.lua_source) sets them on the line before this prelude.
@@ -199,6 +200,38 @@ local function save(queued)
   if queued then
     call('PEXPIRE', Q, ms)
     call('PEXPIRE', C, ms)
+  end
+end
+
+-- Refunds (the scripts that give tokens back set REFUNDS, so only they make these closures).
+local cancel_member, refund
+if REFUNDS then
+  -- Cancel waiting reservation `member` (model.cancel): refund what no later reservation needs,
+  -- its cost less refill x (start of the last remaining one - its start). Returns the refund.
+  cancel_member = function(member)
+    local start = last_start and call('ZSCORE', Q, member)
+    if not (start and call('ZREM', Q, member) == 1) then return 0 end
+    start = tonumber(start)
+    local give = tonumber(call('HGET', C, member)) or 0
+    call('HDEL', C, member)
+    local last = call('ZRANGE', Q, -1, -1, 'WITHSCORES')
+    last_start = last[2] and tonumber(last[2]) or nil
+    if last_start and last_start > start then
+      give = math.max(0, give - (last_start - start) * refill)
+    end
+    local after = math.min(cap, tokens + give)
+    if after <= tokens then return 0 end
+    local refunded = after - tokens
+    tokens = after
+    return refunded
+  end
+  -- Give back up to `give` tokens (model.settle's refund): while reservations wait, only what
+  -- is left of it when the last of them starts; never above capacity. Returns the refund.
+  refund = function(give)
+    if last_start then give = math.max(0, give - (last_start - updated) * refill) end
+    local before = tokens
+    tokens = math.max(tokens, math.min(cap, tokens + give))
+    return tokens - before
   end
 end
 

@@ -6,23 +6,6 @@
 -- ARGV[3]  the reservation id (from bucket_reserve)
 -- Reply: the tokens refunded, one string ("0" when it had started, was cancelled, or is unknown)
 
-local refunded = 0
-local member = ARGV[3]
-local start = last_start and call('ZSCORE', Q, member)
-if start and call('ZREM', Q, member) == 1 then
-  start = tonumber(start)
-  local give = tonumber(call('HGET', C, member)) or 0
-  call('HDEL', C, member)
-  local last = call('ZRANGE', Q, -1, -1, 'WITHSCORES')
-  last_start = last[2] and tonumber(last[2]) or nil
-  if last_start and last_start > start then
-    give = math.max(0, give - (last_start - start) * refill)
-  end
-  local after = math.min(cap, tokens + give)
-  if after > tokens then
-    refunded = after - tokens
-    tokens = after
-  end
-end
+local refunded = cancel_member(ARGV[3])
 save()
 return sformat('%.17g', refunded)

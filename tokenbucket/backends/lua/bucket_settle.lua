@@ -10,9 +10,7 @@ local delta = tonumber(ARGV[3])
 if delta >= 0 then
   tokens = tokens - delta
 else
-  local give = -delta
-  if last_start then give = math.max(0, give - (last_start - updated) * refill) end
-  tokens = math.max(tokens, math.min(cap, tokens + give))
+  refund(-delta)
 end
 remember(0)
 save()
