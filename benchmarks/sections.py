@@ -280,7 +280,6 @@ def bench_redis(sizes: Sizes) -> SectionReport:
     try:
         with private_redis() as url:
             import redis
-
             from redis._parsers import _HiredisParser, _RESP2Parser  # the two reply parsers redis-py has
             from redis.utils import HIREDIS_AVAILABLE
 
