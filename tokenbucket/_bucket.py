@@ -60,10 +60,12 @@ class _GrantBase:
     _op: str
     _units: float
 
-    def __init__(self, bucket: _BucketBase, cost: float, waited: float) -> None:
+    def __init__(self, bucket: _BucketBase, cost: float, waited: float, started: float | None = None) -> None:
         self._bucket = bucket
         self._charged = cost
-        self._started = bucket._clock.now()
+        # When the call started, on the bucket's clock (a settle's refund depends on its age): the
+        # reading the caller already made, if it made one on that clock.
+        self._started = bucket._clock.now() if started is None else started
         self.cost = cost
         self.waited = waited
 
@@ -409,8 +411,11 @@ class _BucketBase(Listened):
 
     def _plain_ticket(
         self, cost: object, timeout: object, op: object, units: object
-    ) -> tuple[int, float, int | None] | None:
-        """Reserve a plain request and return ``(cost, delay, rid)``, or None when it needs the full flow.
+    ) -> tuple[int, float, int | None, float | None] | None:
+        """Reserve a plain request and return ``(cost, delay, rid, now)``, or None when it needs the full flow.
+
+        ``now`` is the reading of the bucket's clock the call was made with
+        (None for a store that keeps its own clock).
 
         A plain request has a whole-number cost (or the default, 1), no timeout, ``op`` or ``units``, on a
         bucket nobody listens to, whose store answers without awaiting: the
@@ -431,11 +436,12 @@ class _BucketBase(Listened):
             and self._events is None
             and not self._awaits_store
         ):
-            ticket: Ticket = self._backend.reserve(self.name, self.policy, cost, None, self._stamp())
+            now = self._stamp()
+            ticket: Ticket = self._backend.reserve(self.name, self.policy, cost, None, now)
             admitted, seconds, rid = ticket
             if not admitted:
                 raise AcquireTimeout(cost, math.inf, seconds)
-            return cost, seconds, rid
+            return cost, seconds, rid, now
         return None
 
     def _grant(self, cost: float, waited: float) -> Grant | AsyncGrant:
@@ -693,9 +699,9 @@ class TokenBucket(_BucketBase):
         if ticket is None:
             result: Grant = _run(self, self._acquire_flow(cost, timeout, op, units))
             return result
-        plain, delay, rid = ticket
+        plain, delay, rid, now = ticket
         if delay == 0.0:
-            return Grant(self, plain, 0.0)
+            return Grant(self, plain, 0.0, now)
         return Reservation(self, plain, delay, rid, self._clock.now()).wait()
 
     def try_acquire(self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1) -> Grant | None:
@@ -715,9 +721,10 @@ class TokenBucket(_BucketBase):
             return None if charged is None else _priced(Grant(self, charged, 0.0), op, float(units))
         if type(cost) is not int or not 0 <= cost <= MAX_AMOUNT or op is not None:
             cost = self._price(cost, op, units)
-        if not self._backend.reserve(self.name, self.policy, cost, 0.0, self._stamp())[0]:
+        now = self._stamp()  # the bucket's clock, or None for a store that keeps its own
+        if not self._backend.reserve(self.name, self.policy, cost, 0.0, now)[0]:
             return None
-        grant = Grant(self, cost, 0.0)
+        grant = Grant(self, cost, 0.0, now)
         return grant if op is None else _priced(grant, op, float(units))
 
     def reserve(
@@ -848,9 +855,9 @@ class AsyncTokenBucket(_BucketBase):
         if ticket is None:
             result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout, op, units))
             return result
-        plain, delay, rid = ticket
+        plain, delay, rid, now = ticket
         if delay == 0.0:
-            return AsyncGrant(self, plain, 0.0)
+            return AsyncGrant(self, plain, 0.0, now)
         return await AsyncReservation(self, plain, delay, rid, self._clock.now()).wait()
 
     async def try_acquire(
