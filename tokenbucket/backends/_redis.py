@@ -869,9 +869,14 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         keys = self._wire_keys(key)
         try:
             with map_redis_errors(op, self._client, key):
-                if deadline is not None:
+                if deadline is None:
+                    return await self._evalsha(script, keys, args)
+                try:
                     return await asyncio.wait_for(self._evalsha(script, keys, args), deadline)
-                return await self._evalsha(script, keys, args)
+                except asyncio.TimeoutError as exc:  # (not an OSError before Python 3.11): say it as redis-py would
+                    import redis.exceptions
+
+                    raise redis.exceptions.TimeoutError(f"no reply within {deadline:g} s") from exc
         except BackendError as exc:
             mismatch = _mismatch(exc, key, args)
             if mismatch is None:
