@@ -135,7 +135,7 @@ def test_deals_honour_the_filters(api: Any, sim: SimulatorServer) -> None:
     assert all(d["current"][0] <= 2000 for d in cheap)
 
 
-def test_bestsellers_categories_sellers_and_the_product_finder(api: Any) -> None:
+def test_bestsellers_categories_sellers_and_the_product_finder(api: Any, sim: SimulatorServer) -> None:
     assert len(api.best_sellers_query("172282")) == 100
     root = api.category_lookup(0)
     assert "172282" in root
@@ -144,8 +144,14 @@ def test_bestsellers_categories_sellers_and_the_product_finder(api: Any) -> None
     seller = sellers["A2L77EE7U53NWQ"]
     assert seller["sellerId"] == "A2L77EE7U53NWQ"
     assert seller["asinList"]
-    found = api.product_finder({"current_SALES_lte": 10000}, n_products=50)
-    assert all(len(a) == 10 for a in found)
+    everything = api.product_finder({"perPage": 500})
+    found = api.product_finder({"current_SALES_lte": 20000, "rootCategory": ["172282", "1055398"], "perPage": 500})
+    assert 0 < len(found) < len(everything)
+    catalog = sim.simulator.catalog
+    for asin in found:  # the filters are applied: the latest sales rank, the category
+        product = catalog.product(asin)
+        assert product.csv[3][-1] <= 20000
+        assert product.root_category in (172282, 1055398)
 
 
 def test_keepa_time_helpers_agree_with_the_simulator(api: Any) -> None:

@@ -20,7 +20,8 @@ Endpoints, as the public ``keepa`` client calls them: ``/token`` (free),
 ``/product`` (Keepa's cost rules; history with all 36 csv types, offers with
 their offer and stock history, buy box, rating, stats, ``domain``, ``code``),
 ``/bestsellers`` (50), ``/category`` and ``/search?type=category`` (1),
-``/seller`` (1 a seller), ``/query`` (10 + 1 per 100 ASINs),
+``/seller`` (1 a seller), ``/query`` (10 + 1 per 100 ASINs; current price,
+sales rank, category and title filters over a fixed window of the catalog),
 ``/listings/2021-08-01/restrictions`` (SP-API: 5 requests/s, burst 10,
 ``QuotaExceeded``), and ``/_sim/stats`` (the counters, no key needed).
 
@@ -68,6 +69,7 @@ SP_BURST = 10.0
 RESTRICTIONS_PATH = "/listings/2021-08-01/restrictions"
 BESTSELLERS_COST = 50
 FINDER_COST = 10  # /query: 10 + 1 per 100 ASINs returned
+FINDER_POOL = 500  # products the finder searches
 STOREFRONT_EXTRA = 9  # /seller with storefront=1: assumed 10 a seller (KEEPA.md gives only 1 a seller)
 MAX_SELLERS = 100
 MAX_TARGET = 8192  # longest request line and query accepted, in bytes
@@ -535,13 +537,14 @@ class KeepaSimulator:
         page = selection.get("page", 0)
         if not (isinstance(per_page, int) and 50 <= per_page <= 10000) or not (isinstance(page, int) and page >= 0):
             raise _BadRequest("selection.perPage must be 50-10000 and selection.page non-negative")
+        keep = _finder_filter(selection)
 
         def work() -> tuple[dict[str, Any], int]:
-            rng = random.Random(f"{self.config.seed}:query:{domain}:{json.dumps(selection, sort_keys=True)}")
-            total = rng.randint(0, 3 * per_page)
-            start = page * per_page
-            asins = [asin_for(rng.randrange(10**6)) for _ in range(max(0, min(per_page, total - start)))]
-            return {"asinList": asins, "totalResults": total}, FINDER_COST + math.ceil(len(asins) / 100)
+            # The finder searches a window of the catalog (FINDER_POOL products, the same for every query).
+            pool = [asin_for(i) for i in range(FINDER_POOL)]
+            found = [a for a in pool if keep(self.catalog.product(a))]
+            asins = found[page * per_page : (page + 1) * per_page]
+            return {"asinList": asins, "totalResults": len(found)}, FINDER_COST + math.ceil(len(asins) / 100)
 
         return work
 
@@ -596,6 +599,37 @@ def _selection(query: dict[str, str], kind: str) -> dict[str, Any]:
     if not isinstance(selection, dict):
         raise _BadRequest("selection must be a JSON object")
     return selection
+
+
+def _finder_filter(selection: dict[str, Any]) -> Callable[[Any], bool]:
+    """What a product finder selection keeps: ``current_<TYPE>_gte`` / ``_lte`` for AMAZON, NEW, USED and
+    SALES (the latest value of that history), ``rootCategory`` (one id or a list), ``title`` (words, any
+    case). Other keys are accepted and not applied."""
+    bounds: list[tuple[int, int, int]] = []  # (price type, low, high)
+    for index, name in enumerate(("AMAZON", "NEW", "USED", "SALES")):
+        low, high = selection.get(f"current_{name}_gte"), selection.get(f"current_{name}_lte")
+        for value in (low, high):
+            if value is not None and not isinstance(value, int):
+                raise _BadRequest(f"selection.current_{name}_gte/lte must be integers")
+        if low is not None or high is not None:
+            bounds.append((index, -(10**12) if low is None else low, 10**12 if high is None else high))
+    raw_roots = selection.get("rootCategory")
+    if isinstance(raw_roots, (int, str)):
+        raw_roots = [raw_roots]
+    try:
+        roots = None if raw_roots is None else [int(r) for r in raw_roots]  # ids as numbers or as strings
+    except (TypeError, ValueError):
+        raise _BadRequest("selection.rootCategory must be a category id or a list of them") from None
+    words = str(selection.get("title") or "").lower().split()
+
+    def keep(p: Any) -> bool:
+        for index, low, high in bounds:
+            series = p.csv[index]
+            if not series or not low <= series[-1] <= high:
+                return False
+        return (roots is None or p.root_category in roots) and all(w in p.title.lower() for w in words)
+
+    return keep
 
 
 def _domain(text: str) -> int:
