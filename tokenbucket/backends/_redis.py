@@ -229,6 +229,7 @@ class _RedisCommon:
         self._wire: dict[str, list[bytes]] = {}
         self._outage = False
         self._lost: list[_Lost] = []
+        self._closed = False  # set by close()/aclose(): the give-back stops
         from redis.exceptions import NoScriptError
 
         self._noscript = NoScriptError
@@ -339,10 +340,12 @@ class _RedisCommon:
             self._mend_soon()
         return _ticket(reply)
 
-    def _reserve_args(self, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> list[bytes]:
+    def _reserve_args(
+        self, policy: Policy, cost: float, max_wait: float | None, now: float | None, call: bytes
+    ) -> list[bytes]:
         policy.check(cost)  # CostExceedsCapacity before any round trip: nothing charged
         wait = b"" if max_wait is None else repr(float(max_wait)).encode()
-        return self._args(policy, now, repr(cost).encode(), wait)
+        return self._args(policy, now, repr(cost).encode(), wait, call)
 
     def _script(self, name: str) -> Any:
         """The redis-py script object for ``lua/<name>.lua`` (EVALSHA, reloaded on NOSCRIPT)."""
@@ -507,7 +510,6 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         self._lost_lock = threading.Lock()
         self._mend_lock = threading.Lock()  # one give-back pass at a time
         self._mender: threading.Thread | None = None
-        self._closed = False
 
     @classmethod
     def from_url(
@@ -664,7 +666,7 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         answers: cancelled if it waits, refunded if it started.
         """
         call = self._call_id()
-        args = [*self._reserve_args(policy, cost, max_wait, now), call]
+        args = self._reserve_args(policy, cost, max_wait, now, call)
         deadline = self._deadline(max_wait)
         try:
             reply = self._bucket("reserve", key, args, deadline)
@@ -682,7 +684,7 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
     def _mend_soon(self) -> None:
         """Make sure a thread is giving back the lost reserves."""
         with self._lost_lock:
-            if self._lost and (self._mender is None or not self._mender.is_alive()):
+            if self._lost and not self._closed and (self._mender is None or not self._mender.is_alive()):
                 self._mender = threading.Thread(target=self._mend, name="tokenbucket-give-back", daemon=True)
                 self._mender.start()
 
@@ -841,12 +843,14 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
     async def aclose(self) -> None:
         """Close the client if `from_url` made it; a client passed in is left to its owner.
 
-        Tokens of reserves whose reply was lost are given back first, if Redis answers.
+        Tokens of reserves whose reply was lost are given back first, if Redis answers
+        (one try; the background task stops).
         """
         mender, self._mender = self._mender, None
         if mender is not None:
             mender.cancel()
         await self._mend_once()
+        self._closed = True
         if self._owns_client:
             await self._client.aclose()
 
@@ -892,7 +896,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
     async def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
         """See `RedisBackend.reserve`."""
         call = self._call_id()
-        args = [*self._reserve_args(policy, cost, max_wait, now), call]
+        args = self._reserve_args(policy, cost, max_wait, now, call)
         deadline = self._deadline(max_wait)
         try:
             reply = await self._bucket("reserve", key, args, deadline)
@@ -908,7 +912,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
 
     def _mend_soon(self) -> None:
         """Make sure a task on the running loop is giving back the lost reserves."""
-        if self._lost and (self._mender is None or self._mender.done()):
+        if self._lost and not self._closed and (self._mender is None or self._mender.done()):
             self._mender = asyncio.get_running_loop().create_task(self._mend(), name="tokenbucket-give-back")
 
     async def _mend(self) -> None:
