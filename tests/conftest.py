@@ -95,16 +95,32 @@ def event_loop_for_sync() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture
+def bands() -> int:
+    """How many bandwidths ``make_bucket`` gives a bucket: 1 here; a module may override it with a parameter."""
+    return 1
+
+
+@pytest.fixture
 def make_bucket(
-    new_backend: Callable[[], Any], frontend: str, clock: ManualClock, event_loop_for_sync: asyncio.AbstractEventLoop
+    new_backend: Callable[[], Any],
+    frontend: str,
+    clock: ManualClock,
+    event_loop_for_sync: asyncio.AbstractEventLoop,
+    bands: int,
 ) -> Callable[..., Any]:
     """``make_bucket(rate="10/second", **policy)`` -> a bucket on the backend and front end under test.
 
     The async front end is wrapped in `Blocking`, so tests call it like the sync one.
     Each call makes a bucket with a fresh name on a fresh backend unless ``name=`` / ``backend=`` are given.
+    With ``bands`` = n > 1, the bucket has n bandwidths, each the policy asked for: it must behave
+    exactly as the bucket with one (every bandwidth charged in one step, each binding alike).
     """
 
-    def make(rate: str = "10/second", **kwargs: Any) -> Any:
+    def make(rate: Any = "10/second", **kwargs: Any) -> Any:
+        if bands > 1:
+            rate = [rate] * bands
+            if kwargs.get("capacity") is not None:
+                kwargs["capacity"] = [kwargs["capacity"]] * bands
         kwargs.setdefault("backend", new_backend())
         kwargs.setdefault("clock", clock)
         name = kwargs.pop("name", f"test-{uuid.uuid4().hex[:12]}")

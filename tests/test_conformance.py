@@ -1,8 +1,9 @@
 """The behaviour every backend and both front ends must share, in virtual time.
 
 Each class runs against every backend in ``conftest.BACKENDS`` and both front
-ends; ``make_bucket`` builds a bucket on a `ManualClock` (autojump: a wait moves
-the clock by exactly the delay the bucket asked for).
+ends, with a bucket of one bandwidth and one of two (the same policy twice: it
+must behave exactly alike); ``make_bucket`` builds a bucket on a `ManualClock`
+(autojump: a wait moves the clock by exactly the delay the bucket asked for).
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ from tokenbucket import AcquireTimeout, ConfigurationError, CostExceedsCapacity,
 from tokenbucket.testing import ManualClock
 
 Make = Callable[..., Any]
+
+
+@pytest.fixture(params=[1, 2], ids=["one-limit", "two-limits"])
+def bands(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+def sync(bucket: Any, remaining: Any, **kwargs: Any) -> Any:
+    """``bucket.sync``; for a bucket with several bandwidths (all alike here), the same report for each."""
+    n = len(bucket.policies)
+    if n > 1:
+        remaining = (remaining,) * n
+        if "rate" in kwargs:
+            kwargs["rate"] = (kwargs["rate"],) * n
+    return bucket.sync(remaining, **kwargs)
 
 
 class TestAcquire:
@@ -251,7 +267,7 @@ class TestSettle:
 class TestSync:
     def test_sync_adopts_the_upstream_balance(self, make_bucket: Make) -> None:
         bucket = make_bucket("5/minute", capacity=300, overdraft=math.inf)
-        snap = bucket.sync(-12)
+        snap = sync(bucket, -12)
         assert snap.tokens == pytest.approx(-12.0)
         assert snap.debt == pytest.approx(12.0)
 
@@ -259,7 +275,7 @@ class TestSync:
         bucket = make_bucket("1/second", capacity=10)
         bucket.acquire(10)
         bucket.reserve(4)
-        snap = bucket.sync(2)
+        snap = sync(bucket, 2)
         assert snap.promised == pytest.approx(4.0)
         assert snap.tokens == pytest.approx(-2.0)
 
@@ -269,24 +285,24 @@ class TestSync:
         bucket.reserve(3)
         clock.advance(1)
         before = bucket.snapshot()
-        after = bucket.sync(before.tokens + before.promised)
+        after = sync(bucket, before.tokens + before.promised)
         assert after.tokens == pytest.approx(before.tokens)
         assert after.promised == pytest.approx(before.promised)
 
     def test_sync_caps_at_capacity(self, make_bucket: Make) -> None:
         bucket = make_bucket("1/second", capacity=10)
-        assert bucket.sync(50).tokens == 10
+        assert sync(bucket, 50).tokens == 10
 
     def test_sync_rejects_non_finite(self, make_bucket: Make) -> None:
         bucket = make_bucket("1/second", capacity=10)
         with pytest.raises(ConfigurationError):
-            bucket.sync(math.nan)
+            sync(bucket, math.nan)
         with pytest.raises(TypeError):
-            bucket.sync("5")
+            sync(bucket, "5")
 
     def test_sync_adopts_a_new_rate(self, make_bucket: Make) -> None:
         bucket = make_bucket("5/minute", capacity=300, overdraft=math.inf)
-        snap = bucket.sync(-60, rate="10/minute")
+        snap = sync(bucket, -60, rate="10/minute")
         assert snap.time_to_positive == pytest.approx(360.0)
         assert bucket.rate.per_second == pytest.approx(10 / 60)
 

@@ -8,7 +8,10 @@ import tokenbucket.testing
 
 EXPECTED = [
     "AcquireTimeout",
+    "AsyncBucketGroup",
     "AsyncGrant",
+    "AsyncGroupGrant",
+    "AsyncGroupReservation",
     "AsyncLease",
     "AsyncLeaseLock",
     "AsyncRedisBackend",
@@ -18,6 +21,7 @@ EXPECTED = [
     "BatchPlan",
     "BatchPlanner",
     "BucketEvent",
+    "BucketGroup",
     "Cancelled",
     "ConfigurationError",
     "CostExceedsCapacity",
@@ -28,6 +32,8 @@ EXPECTED = [
     "Event",
     "Grant",
     "Granted",
+    "GroupGrant",
+    "GroupReservation",
     "HeaderReconciler",
     "JobResult",
     "JobSpec",
@@ -85,7 +91,7 @@ def test_every_exported_name_exists_and_is_public() -> None:
 
 def test_backends_and_testing_exports() -> None:
     assert sorted(tokenbucket.backends.__all__) == tokenbucket.backends.__all__
-    protocols = ["AsyncBackend", "Backend", "MemoryBackend", "Policy", "Snapshot", "Ticket"]
+    protocols = ["BAND", "AsyncBackend", "Backend", "ManyTicket", "MemoryBackend", "Policy", "Snapshot", "Ticket"]
     for name in [*protocols, "redact_secret", "redact_url"]:
         assert name in tokenbucket.backends.__all__
     assert tokenbucket.testing.__all__ == ["ManualClock"]

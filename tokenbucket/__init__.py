@@ -37,6 +37,14 @@ from ._exceptions import (
     TokenBucketError,
     UpstreamRateLimited,
 )
+from ._group import (
+    AsyncBucketGroup,
+    AsyncGroupGrant,
+    AsyncGroupReservation,
+    BucketGroup,
+    GroupGrant,
+    GroupReservation,
+)
 from ._lease import AsyncLease, AsyncLeaseLock, Lease, LeaseLock
 from ._metrics import PrometheusMetrics
 from ._model import Snapshot
@@ -62,7 +70,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcquireTimeout",
+    "AsyncBucketGroup",
     "AsyncGrant",
+    "AsyncGroupGrant",
+    "AsyncGroupReservation",
     "AsyncLease",
     "AsyncLeaseLock",
     "AsyncRedisBackend",
@@ -72,6 +83,7 @@ __all__ = [
     "BatchPlan",
     "BatchPlanner",
     "BucketEvent",
+    "BucketGroup",
     "Cancelled",
     "ConfigurationError",
     "CostExceedsCapacity",
@@ -82,6 +94,8 @@ __all__ = [
     "Event",
     "Grant",
     "Granted",
+    "GroupGrant",
+    "GroupReservation",
     "HeaderReconciler",
     "JobResult",
     "JobSpec",

@@ -13,7 +13,7 @@ import inspect
 import math
 import threading
 import warnings
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 from . import _events
@@ -23,10 +23,10 @@ from ._events import Listened, Listener
 from ._exceptions import AcquireTimeout, ConfigurationError, PolicyMismatch, TokenBucketError
 from ._flow import Call as _Call
 from ._flow import adrive, drive
-from ._model import Policy, Snapshot, refundable
+from ._model import Policy, Rates, Snapshot, build_policies, combine, parse_rates, per_rate, refundable
 from ._rate import Rate
 from ._validate import MAX_AMOUNT, check_amount, check_cost, check_name, check_timeout
-from .backends._base import AsyncBackend, Backend, Ticket
+from .backends._base import BAND, AsyncBackend, Backend, Ticket
 from .backends._memory import MemoryBackend
 
 __all__ = ["AsyncGrant", "AsyncReservation", "AsyncTokenBucket", "Grant", "Reservation", "TokenBucket"]
@@ -48,6 +48,8 @@ class _Sleep:
 
 _Op = _Call | _Sleep
 _Flow = Generator[_Op, Any, _T]
+_Rid = int | tuple[int | None, ...] | None
+"""A reservation's id: one bandwidth's (None when it started at once), or one per bandwidth."""
 
 
 class _GrantBase:
@@ -93,10 +95,17 @@ class _GrantBase:
         actual = check_cost(actual_cost, "actual_cost")
         delta = actual - self._charged
         bucket = self._bucket
-        if delta < 0:  # give back only what the upstream can still have (see _model.refundable)
-            age = max(0.0, bucket._clock.now() - self._started)
-            delta = -refundable(bucket.policy, -delta, actual, age)
-        snap: Snapshot = yield _Call("settle", bucket.name, bucket.policy, delta, bucket._now())
+        age = max(0.0, bucket._clock.now() - self._started) if delta < 0 else 0.0
+        if bucket._bands is None:
+            if delta < 0:  # give back only what the upstream can still have (see _model.refundable)
+                delta = -refundable(bucket.policy, -delta, actual, age)
+            snap: Snapshot = yield _Call("settle", bucket.name, bucket.policy, delta, bucket._now())
+        else:  # each bandwidth by its own rule
+            snaps = []
+            for key, policy in zip(bucket._bands, bucket.policies, strict=True):
+                change = -refundable(policy, -delta, actual, age) if delta < 0 else delta
+                snaps.append((yield _Call("settle", key, policy, change, bucket._now())))
+            snap = bucket._combine(snaps)
         estimate = self._charged
         self._charged = actual
         if bucket._events is not None:
@@ -180,7 +189,7 @@ class _ReservationBase(Generic[_G]):
 
     __slots__ = ("_bucket", "_claimed", "_lock", "_made", "_op", "_rid", "_state", "_units", "cost", "delay", "start")
 
-    def __init__(self, bucket: _BucketBase, cost: float, delay: float, rid: int | None, made: float) -> None:
+    def __init__(self, bucket: _BucketBase, cost: float, delay: float, rid: _Rid, made: float) -> None:
         self._bucket = bucket
         self._rid = rid
         self._made = made
@@ -203,7 +212,8 @@ class _ReservationBase(Generic[_G]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cost={self.cost:g}, delay={self.delay:.6g}, state={self._state!r})"
 
-    def _wait_flow(self) -> _Flow[_G]:
+    def _claim(self) -> None:
+        """Mark the reservation as being waited for; raise if it cannot yield a grant."""
         with self._lock:
             if self._state == "cancelled":
                 raise TokenBucketError("this reservation was cancelled; reserve again")
@@ -212,6 +222,16 @@ class _ReservationBase(Generic[_G]):
             if self._claimed:
                 raise TokenBucketError("this reservation is already being waited for; it yields one grant")
             self._claimed = True
+
+    def _begin(self) -> None:
+        """Mark the claimed reservation as started; raise if it was cancelled meanwhile."""
+        with self._lock:
+            if self._state == "cancelled":
+                raise TokenBucketError("this reservation was cancelled while it waited; no grant was made")
+            self._state = "started"
+
+    def _wait_flow(self) -> _Flow[_G]:
+        self._claim()
         bucket = self._bucket
         remaining = self.start - bucket._clock.now()
         if remaining > 0:
@@ -220,10 +240,7 @@ class _ReservationBase(Generic[_G]):
             except BaseException:
                 yield from self._cancel_flow()
                 raise
-        with self._lock:
-            if self._state == "cancelled":
-                raise TokenBucketError("this reservation was cancelled while it waited; no grant was made")
-            self._state = "started"
+        self._begin()
         grant = bucket._grant(self.cost, bucket._clock.now() - self._made)
         if bucket._events is not None:
             yield from bucket._granted_flow(grant.cost, grant.waited)
@@ -235,9 +252,7 @@ class _ReservationBase(Generic[_G]):
                 return 0.0
             self._state = "cancelled"
         bucket = self._bucket
-        refunded: float = 0.0
-        if self._rid is not None:
-            refunded = yield _Call("cancel", bucket.name, bucket.policy, self._rid, bucket._now())
+        refunded: float = yield from bucket._cancel_flow(self._rid)
         if bucket._events is not None:
             bucket._emit(_events.Cancelled(bucket.name, bucket._clock.now(), self.cost, refunded))
         return refunded
@@ -322,18 +337,20 @@ class _BucketBase(Listened):
     def _configure(
         self,
         name: str,
-        rate: Rate | str,
-        capacity: float | None,
+        rate: Rates,
+        capacity: float | Sequence[float] | None,
         overdraft: float,
         min_start: float,
-        initial: float | None,
+        initial: float | Sequence[float] | None,
         backend: Backend | AsyncBackend | None,
         clock: Clock | None,
         cost_model: CostModel | None,
         listeners: Iterable[Listener],
     ) -> None:
         self.name = check_name(name)
-        self.policy = Policy.build(rate, capacity, overdraft, min_start, initial)
+        if BAND in self.name:
+            raise ConfigurationError(f"bucket name {name!r} must not contain {BAND!r}: it names a bucket's bandwidths")
+        self._set_policies(build_policies(rate, capacity, overdraft, min_start, initial))
         if cost_model is not None and not isinstance(cost_model, CostModel):
             raise TypeError(f"cost_model must be a tokenbucket.CostModel, not {type(cost_model).__name__}")
         self._cost_model = cost_model
@@ -353,14 +370,32 @@ class _BucketBase(Listened):
         self._init_listeners(listeners)
         self._in_debt = False
 
+    def _set_policies(self, policies: tuple[Policy, ...]) -> None:
+        self.policies = policies
+        self.policy = policies[0]
+        # The store keys of the bandwidths when there are several (the first is the name); else None.
+        self._bands: tuple[str, ...] | None = None
+        if len(policies) > 1:
+            self._bands = (self.name, *(f"{self.name}{BAND}{i}" for i in range(2, len(policies) + 1)))
+
     @property
     def rate(self) -> Rate:
-        """The refill rate."""
+        """The refill rate (of the first bandwidth, when there are several: see `rates`)."""
         return self.policy.rate
 
     @property
+    def rates(self) -> tuple[Rate, ...]:
+        """The refill rate of each bandwidth: one for a plain bucket."""
+        return tuple(p.rate for p in self.policies)
+
+    @property
+    def max_cost(self) -> float:
+        """The largest cost that can ever start: the least ``capacity + overdraft`` of the bandwidths."""
+        return min(p.max_cost for p in self.policies)
+
+    @property
     def capacity(self) -> float:
-        """The most tokens the bucket holds."""
+        """The most tokens the bucket holds (in the first bandwidth, when there are several)."""
         return self.policy.capacity
 
     @property
@@ -381,10 +416,34 @@ class _BucketBase(Listened):
 
     def __repr__(self) -> str:
         p = self.policy
+        rates = "; ".join(str(q.rate) for q in self.policies)
+        caps = "; ".join(f"{q.capacity:g}" for q in self.policies)
         return (
-            f"{type(self).__name__}({self.name!r}, rate={p.rate}, capacity={p.capacity:g}, "
+            f"{type(self).__name__}({self.name!r}, rate={rates}, capacity={caps}, "
             f"overdraft={p.overdraft:g}, backend={type(self._backend).__name__})"
         )
+
+    def _items(self, cost: float) -> list[tuple[str, Policy, float]]:
+        """The parts of a ``reserve_all`` charging ``cost`` to every bandwidth."""
+        assert self._bands is not None
+        return [(key, policy, cost) for key, policy in zip(self._bands, self.policies, strict=True)]
+
+    def _cancel_flow(self, rid: _Rid) -> _Flow[float]:
+        """Cancel a reservation's waiting parts; the tokens refunded (the least over the bandwidths)."""
+        if rid is None:
+            return 0.0
+        if not isinstance(rid, tuple):
+            refunded: float = yield _Call("cancel", self.name, self.policy, rid, self._now())
+            return refunded
+        assert self._bands is not None
+        refunds = []
+        for key, policy, part in zip(self._bands, self.policies, rid, strict=True):
+            refunds.append(0.0 if part is None else (yield _Call("cancel", key, policy, part, self._now())))
+        return min(refunds)
+
+    def _combine(self, snaps: Sequence[Snapshot]) -> Snapshot:
+        """One `Snapshot` of several bandwidths: the binding one's, with every one in ``bandwidths``."""
+        return combine(snaps, self.policies)
 
     def _now(self) -> float | None:
         return self._stamp()
@@ -404,7 +463,7 @@ class _BucketBase(Listened):
         """Tell listeners about a grant, then look at the balance for debt (listeners only)."""
         self._emit(_events.Granted(self.name, self._clock.now(), cost, waited))
         try:
-            snap: Snapshot = yield _Call("snapshot", self.name, self.policy, self._now())
+            snap: Snapshot = yield from self._snapshot_flow()
         except Exception:  # the grant stands; a failed look at the balance only skips the debt event
             return
         self._note_debt(snap)
@@ -435,6 +494,7 @@ class _BucketBase(Listened):
             and units == 1
             and self._events is None
             and not self._awaits_store
+            and self._bands is None
         ):
             now = self._stamp()
             ticket: Ticket = self._backend.reserve(self.name, self.policy, cost, None, now)
@@ -447,7 +507,7 @@ class _BucketBase(Listened):
     def _grant(self, cost: float, waited: float) -> Grant | AsyncGrant:
         raise NotImplementedError
 
-    def _reservation(self, cost: float, delay: float, rid: int | None, made: float) -> Any:
+    def _reservation(self, cost: float, delay: float, rid: _Rid, made: float) -> Any:
         raise NotImplementedError
 
     def _price(self, cost: float | None, op: str | None, units: float) -> float:
@@ -468,12 +528,16 @@ class _BucketBase(Listened):
         c = self._price(cost, op, units)
         wait = check_timeout(timeout)
         asked = self._clock.now() if wait else 0.0
-        admitted, seconds, rid = yield _Call("reserve", self.name, self.policy, c, wait, self._now())
+        rid: _Rid
+        if self._bands is None:
+            admitted, seconds, rid = yield _Call("reserve", self.name, self.policy, c, wait, self._now())
+        else:
+            admitted, seconds, rid = yield _Call("reserve_all", self._items(c), wait, self._now())
         made = self._clock.now()
-        if admitted and wait and rid is not None and (made - asked) + seconds > wait:
+        if admitted and wait and seconds > 0 and rid is not None and (made - asked) + seconds > wait:
             # The round trip took so long that waiting the delay would overrun the timeout: the
             # timeout bounds the whole call, so give the reservation back and say so now.
-            yield _Call("cancel", self.name, self.policy, rid, self._now())
+            yield from self._cancel_flow(rid)
             admitted, seconds = False, seconds + (made - asked)
         if not admitted:
             if self._events is not None:
@@ -489,7 +553,11 @@ class _BucketBase(Listened):
 
     def _try_flow(self, cost: float | None, op: str | None = None, units: float = 1) -> _Flow[float | None]:
         c = self._price(cost, op, units)
-        ticket: tuple[bool, float, int | None] = yield _Call("reserve", self.name, self.policy, c, 0.0, self._now())
+        ticket: tuple[bool, float, Any]
+        if self._bands is None:
+            ticket = yield _Call("reserve", self.name, self.policy, c, 0.0, self._now())
+        else:
+            ticket = yield _Call("reserve_all", self._items(c), 0.0, self._now())
         if self._events is not None:
             if ticket[0]:
                 yield from self._granted_flow(c, 0.0)
@@ -504,68 +572,116 @@ class _BucketBase(Listened):
         grant = yield from reservation._wait_flow()
         return grant
 
-    def _sync_flow(self, remaining: float, rate: Rate | str | None, status: int | None = None) -> _Flow[Snapshot]:
-        remaining = check_amount("remaining", remaining)
+    def _sync_flow(
+        self, remaining: float | Sequence[float | None], rate: Rates | None, status: int | None = None
+    ) -> _Flow[Snapshot]:
+        values = self._per_band("remaining", remaining)
         if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
             raise TypeError(f"status must be an int (an HTTP status) or None, not {type(status).__name__}")
         if rate is not None:
-            new_rate = Rate.coerce(rate)
-            if new_rate.per_second != self.policy.refill:
-                yield from self._reconfigure_flow(new_rate, None, None, None, None)
-        policy = self.policy
-        if self._events is None:
-            snap: Snapshot = yield _Call("sync", self.name, policy, float(remaining), self._now())
-            return snap
-        before: Snapshot = yield _Call("snapshot", self.name, policy, self._now())
-        snap = yield _Call("sync", self.name, policy, float(remaining), self._now())
-        predicted = before.tokens + before.promised
-        self._emit(
-            _events.Synced(self.name, self._clock.now(), float(remaining), predicted, remaining - predicted, status)
-        )
-        self._note_debt(snap)
+            rates = self._per_band("rate", rate)
+            if any(r is not None and r.per_second != p.refill for r, p in zip(rates, self.policies, strict=True)):
+                new = [p.rate if r is None else r for r, p in zip(rates, self.policies, strict=True)]
+                yield from self._reconfigure_flow(new, None, None, None, None)
+        snaps: list[Snapshot] = []
+        for key, policy, value in zip(self._bands or (self.name,), self.policies, values, strict=True):
+            if value is None:  # not reported: as it is
+                snaps.append((yield _Call("snapshot", key, policy, self._now())))
+                continue
+            if self._events is None:
+                snaps.append((yield _Call("sync", key, policy, value, self._now())))
+                continue
+            before: Snapshot = yield _Call("snapshot", key, policy, self._now())
+            snaps.append((yield _Call("sync", key, policy, value, self._now())))
+            predicted = before.tokens + before.promised
+            self._emit(_events.Synced(self.name, self._clock.now(), value, predicted, value - predicted, status))
+        snap = snaps[0] if self._bands is None else self._combine(snaps)
+        if self._events is not None:
+            self._note_debt(snap)
         return snap
+
+    def _per_band(self, what: str, value: Any) -> list[Any]:
+        """``remaining`` (floats) or ``rate`` (`Rate`) of a sync, one per bandwidth (None: not reported), validated."""
+
+        def check(v: Any) -> Any:
+            return float(check_amount(what, v)) if what == "remaining" else Rate.coerce(v)
+
+        if self._bands is None:
+            return [check(value)]
+        n = len(self._bands)
+        if isinstance(value, (str, Rate)) and what == "rate":
+            value = parse_rates(value)
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != n:
+            raise ConfigurationError(
+                f"bucket {self.name!r} has {n} bandwidths: give {what} as a sequence of {n} "
+                f"(None for one the upstream did not report), got {value!r}"
+            )
+        return [None if v is None else check(v) for v in value]
 
     def _reconfigure_flow(
         self,
-        rate: Rate | str | None,
-        capacity: float | None,
+        rate: Rates | None,
+        capacity: float | Sequence[float] | None,
         overdraft: float | None,
         min_start: float | None,
-        initial: float | None,
+        initial: float | Sequence[float] | None,
     ) -> _Flow[Snapshot]:
-        old = self.policy
-        cap = old.capacity if capacity is None else capacity
+        old = self.policies
+        n = len(old)
+        rates = [p.rate for p in old] if rate is None else list(parse_rates(rate))
+        if len(rates) != n:
+            raise ConfigurationError(
+                f"bucket {self.name!r} has {n} bandwidth(s) and the new rate {len(rates)}: "
+                "reconfigure keeps the number of bandwidths (use another name for another shape)"
+            )
+        caps = (
+            [p.capacity for p in old] if capacity is None else per_rate("capacity", capacity, n, scalar_for_all=False)
+        )
         if initial is None:  # a default initial (the capacity) follows the capacity; another is kept
-            initial = cap if old.initial == old.capacity else min(old.initial, cap)
-        policy = Policy.build(
-            old.rate if rate is None else rate,
-            cap,
-            old.overdraft if overdraft is None else overdraft,
-            old.min_start if min_start is None else min_start,
-            initial,
+            inits = [c if p.initial == p.capacity else min(p.initial, c) for p, c in zip(old, caps, strict=True)]
+        else:
+            inits = per_rate("initial", initial, n, scalar_for_all=True)
+        policies = tuple(
+            Policy.build(
+                r,
+                c,
+                p.overdraft if overdraft is None else overdraft,
+                p.min_start if min_start is None else min_start,
+                i,
+            )
+            for r, c, i, p in zip(rates, caps, inits, old, strict=True)
         )
         if not callable(getattr(self._backend, "reconfigure", None)):
             raise TypeError(f"{type(self._backend).__name__} cannot change a bucket's policy: it has no reconfigure()")
-        snap: Snapshot = yield _Call("reconfigure", self.name, policy, self._now())
-        self.policy = policy
-        return snap
+        snaps: list[Snapshot] = []
+        for key, policy in zip(self._bands or (self.name,), policies, strict=True):
+            snaps.append((yield _Call("reconfigure", key, policy, self._now())))
+        self._set_policies(policies)
+        return snaps[0] if self._bands is None else self._combine(snaps)
 
     def _follow_rate(self, mismatch: PolicyMismatch) -> bool:
         """Adopt the stored refill rate if it is all that differs from this object's policy; say if it was.
 
         For integrations that keep a bucket's rate in step with the upstream's
         (``sync_rate=True``): another process has synced a new upstream rate.
+        A bucket with several bandwidths follows only its first.
         """
         stored, mine = mismatch.stored, self.policy.fingerprint()
         if mismatch.name != self.name or len(stored) != 5 or stored[:1] + stored[2:] != mine[:1] + mine[2:]:
             return False
         p = self.policy
-        self.policy = Policy.build(Rate(stored[1], 1.0), p.capacity, p.overdraft, p.min_start, p.initial)
+        followed = Policy.build(Rate(stored[1], 1.0), p.capacity, p.overdraft, p.min_start, p.initial)
+        self._set_policies((followed, *self.policies[1:]))
         return True
 
     def _snapshot_flow(self) -> _Flow[Snapshot]:
-        snap: Snapshot = yield _Call("snapshot", self.name, self.policy, self._now())
-        return snap
+        if self._bands is None:
+            snap: Snapshot = yield _Call("snapshot", self.name, self.policy, self._now())
+            return snap
+        snaps: list[Snapshot] = []
+        for key, policy in zip(self._bands, self.policies, strict=True):
+            snaps.append((yield _Call("snapshot", key, policy, self._now())))
+        return self._combine(snaps)
 
 
 def _run(bucket: _BucketBase, flow: _Flow[_T]) -> _T:
@@ -612,13 +728,18 @@ class TokenBucket(_BucketBase):
 
     Args:
         name: The bucket's name; buckets with one name on one backend share state.
-        rate: A `Rate` or a string such as ``"5/minute"``.
-        capacity: Most tokens held; default the rate's amount.
+        rate: A `Rate` or a string such as ``"5/minute"``; for several limits
+            at once (bandwidths), a string such as ``"10/second; 600/hour"`` or
+            a sequence of rates. A request starts when every bandwidth allows
+            it, and one atomic step charges them all.
+        capacity: Most tokens held; default the rate's amount. With several
+            rates, a sequence of one capacity per rate (default each amount).
         overdraft: How far below zero a started request may take the balance:
             ``0`` (strict, the default), a number, or ``math.inf`` (Keepa's rule:
             start while the balance is at least ``min_start``).
         min_start: With an overdraft, the balance needed to start (default 1).
-        initial: The balance of a bucket created or found missing; default ``capacity``.
+        initial: The balance of a bucket created or found missing; default
+            ``capacity``. With several rates, one number for all or one per rate.
         backend: Where the state lives: a `MemoryBackend` (default: one shared by
             this process) or a `RedisBackend`.
         clock: The clock to read and sleep on; default the monotonic clock.
@@ -632,7 +753,8 @@ class TokenBucket(_BucketBase):
     Attributes:
         name: The bucket's name.
         policy: The validated rules (`tokenbucket.backends.Policy`): rate, capacity,
-            overdraft, min_start, initial.
+            overdraft, min_start, initial (of the first bandwidth, when there are several).
+        policies: The policy of each bandwidth, in order: ``(policy,)`` for one.
 
     Raises:
         ConfigurationError: a policy value can never work.
@@ -644,12 +766,12 @@ class TokenBucket(_BucketBase):
     def __init__(
         self,
         name: str,
-        rate: Rate | str,
+        rate: Rates,
         *,
-        capacity: float | None = None,
+        capacity: float | Sequence[float] | None = None,
         overdraft: float = 0.0,
         min_start: float = 1.0,
-        initial: float | None = None,
+        initial: float | Sequence[float] | None = None,
         backend: Backend | None = None,
         clock: Clock | None = None,
         cost_model: CostModel | None = None,
@@ -665,7 +787,7 @@ class TokenBucket(_BucketBase):
     def _grant(self, cost: float, waited: float) -> Grant:
         return Grant(self, cost, waited)
 
-    def _reservation(self, cost: float, delay: float, rid: int | None, made: float) -> Reservation:
+    def _reservation(self, cost: float, delay: float, rid: _Rid, made: float) -> Reservation:
         return Reservation(self, cost, delay, rid, made)
 
     def acquire(
@@ -716,7 +838,7 @@ class TokenBucket(_BucketBase):
             CostExceedsCapacity: the cost can never start.
             ConfigurationError: ``cost`` is negative, NaN or infinite; ``op`` cannot be priced.
         """
-        if self._events is not None:  # listeners: the flow tells them; without, the fast path below
+        if self._events is not None or self._bands is not None:  # the flow; else the fast path below
             charged: float | None = _run(self, self._try_flow(cost, op, units))
             return None if charged is None else _priced(Grant(self, charged, 0.0), op, float(units))
         if type(cost) is not int or not 0 <= cost <= MAX_AMOUNT or op is not None:
@@ -742,7 +864,9 @@ class TokenBucket(_BucketBase):
         result: Reservation = _run(self, self._reserve_flow(cost, timeout, op, units))
         return result
 
-    def sync(self, remaining: float, *, rate: Rate | str | None = None, status: int | None = None) -> Snapshot:
+    def sync(
+        self, remaining: float | Sequence[float | None], *, rate: Rates | None = None, status: int | None = None
+    ) -> Snapshot:
         """Adopt the balance the upstream reports.
 
         The bucket's balance becomes ``remaining`` minus the tokens promised to
@@ -750,10 +874,13 @@ class TokenBucket(_BucketBase):
         the bucket predicts, nothing changes.
 
         Args:
-            remaining: The upstream's balance (may be negative).
+            remaining: The upstream's balance (may be negative). For a bucket
+                with several bandwidths, a sequence with one balance per
+                bandwidth, None for one the upstream did not report (left as it is).
             rate: The refill rate the upstream reports, if any. When it differs
                 from this bucket's, the bucket adopts it first, in the store too
-                (as `reconfigure` with ``rate=``: the balance carries over).
+                (as `reconfigure` with ``rate=``: the balance carries over). With
+                several bandwidths, a sequence of one rate (or None) per bandwidth.
             status: The HTTP status of the response that reported the balance, if any.
                 Only listeners see it (`tokenbucket.Synced.status`; metrics count
                 429-driven syncs); the balance adopted does not depend on it.
@@ -767,11 +894,11 @@ class TokenBucket(_BucketBase):
     def reconfigure(
         self,
         *,
-        rate: Rate | str | None = None,
-        capacity: float | None = None,
+        rate: Rates | None = None,
+        capacity: float | Sequence[float] | None = None,
         overdraft: float | None = None,
         min_start: float | None = None,
-        initial: float | None = None,
+        initial: float | Sequence[float] | None = None,
     ) -> Snapshot:
         """Change this bucket's policy, in the store and in this object, carrying the balance over.
 
@@ -823,12 +950,12 @@ class AsyncTokenBucket(_BucketBase):
     def __init__(
         self,
         name: str,
-        rate: Rate | str,
+        rate: Rates,
         *,
-        capacity: float | None = None,
+        capacity: float | Sequence[float] | None = None,
         overdraft: float = 0.0,
         min_start: float = 1.0,
-        initial: float | None = None,
+        initial: float | Sequence[float] | None = None,
         backend: Backend | AsyncBackend | None = None,
         clock: Clock | None = None,
         cost_model: CostModel | None = None,
@@ -844,7 +971,7 @@ class AsyncTokenBucket(_BucketBase):
     def _grant(self, cost: float, waited: float) -> AsyncGrant:
         return AsyncGrant(self, cost, waited)
 
-    def _reservation(self, cost: float, delay: float, rid: int | None, made: float) -> AsyncReservation:
+    def _reservation(self, cost: float, delay: float, rid: _Rid, made: float) -> AsyncReservation:
         return AsyncReservation(self, cost, delay, rid, made)
 
     async def acquire(
@@ -876,7 +1003,9 @@ class AsyncTokenBucket(_BucketBase):
         result: AsyncReservation = await _arun(self, self._reserve_flow(cost, timeout, op, units))
         return result
 
-    async def sync(self, remaining: float, *, rate: Rate | str | None = None, status: int | None = None) -> Snapshot:
+    async def sync(
+        self, remaining: float | Sequence[float | None], *, rate: Rates | None = None, status: int | None = None
+    ) -> Snapshot:
         """See `TokenBucket.sync`."""
         result: Snapshot = await _arun(self, self._sync_flow(remaining, rate, status))
         return result
@@ -884,11 +1013,11 @@ class AsyncTokenBucket(_BucketBase):
     async def reconfigure(
         self,
         *,
-        rate: Rate | str | None = None,
-        capacity: float | None = None,
+        rate: Rates | None = None,
+        capacity: float | Sequence[float] | None = None,
         overdraft: float | None = None,
         min_start: float | None = None,
-        initial: float | None = None,
+        initial: float | Sequence[float] | None = None,
     ) -> Snapshot:
         """See `TokenBucket.reconfigure`."""
         result: Snapshot = await _arun(self, self._reconfigure_flow(rate, capacity, overdraft, min_start, initial))

@@ -25,8 +25,9 @@ request reserved before it, so service is first-come first-served.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from ._exceptions import ConfigurationError, CostExceedsCapacity
 from ._rate import Rate
@@ -40,14 +41,23 @@ __all__ = [
     "Rejected",
     "Reserved",
     "Snapshot",
+    "Rates",
     "advance",
+    "build_policies",
     "cancel",
+    "combine",
+    "parse_rates",
+    "per_rate",
     "describe",
     "fresh",
+    "RejectedAll",
+    "ReservedAll",
+    "earliest_start",
     "refill_tokens",
     "reconfigure",
     "refundable",
     "reserve",
+    "reserve_all",
     "settle",
     "snapshot",
     "sync",
@@ -231,6 +241,12 @@ class Snapshot:
         capacity: The most tokens the bucket holds.
         rate: The refill rate.
         overdraft: How far below zero a started request may go.
+        bandwidths: For a bucket with several bandwidths, the snapshot of
+            each, in order (the fields above are those of the binding one);
+            empty for a bucket with one.
+        binding: The index in ``bandwidths`` of the one that binds: the one
+            a request of one token would wait for longest (ties: the lowest
+            balance for its capacity). 0 for a bucket with one.
     """
 
     tokens: float
@@ -241,6 +257,75 @@ class Snapshot:
     capacity: float
     rate: Rate
     overdraft: float
+    bandwidths: tuple[Snapshot, ...] = ()
+    binding: int = 0
+
+
+Rates = Rate | str | Sequence[Rate | str]
+"""One rate or several: a `Rate`, a string (``"5/minute"``, ``"10/second; 600/hour"``), or a sequence of them."""
+
+
+def build_policies(
+    rate: Rates,
+    capacity: float | Sequence[float] | None = None,
+    overdraft: float = 0.0,
+    min_start: float = 1.0,
+    initial: float | Sequence[float] | None = None,
+) -> tuple[Policy, ...]:
+    """The policy of each bandwidth of a bucket: one per rate, validated (`Policy.build`).
+
+    ``capacity`` is a sequence with one value per rate (or one number for a
+    single rate; default each rate's amount). ``initial`` is one number for
+    every bandwidth or one per rate. ``overdraft`` and ``min_start`` hold for
+    every bandwidth.
+
+    Raises:
+        ConfigurationError: a value can never work, or the counts differ.
+        TypeError: a value has the wrong type.
+    """
+    rates = parse_rates(rate)
+    caps = per_rate("capacity", capacity, len(rates), scalar_for_all=False)
+    inits = per_rate("initial", initial, len(rates), scalar_for_all=True)
+    return tuple(Policy.build(r, c, overdraft, min_start, i) for r, c, i in zip(rates, caps, inits, strict=True))
+
+
+def parse_rates(rate: Rates) -> tuple[Rate, ...]:
+    """The rates of ``rate``: one `Rate`, a string of one or several, or a sequence of them."""
+    if isinstance(rate, Rate):
+        return (rate,)
+    if isinstance(rate, str):
+        return Rate.parse_many(rate)
+    if isinstance(rate, Sequence):
+        rates = tuple(Rate.coerce(r) for r in rate)
+        if not rates:
+            raise ConfigurationError("rate names no limit: give a rate, or a non-empty sequence of them")
+        return rates
+    raise TypeError(f"rate must be a Rate, a string or a sequence of them, not {type(rate).__name__}")
+
+
+def per_rate(what: str, value: object, n: int, *, scalar_for_all: bool) -> list[Any]:
+    """``value`` once per rate: a sequence of ``n``, or (for one rate, or ``scalar_for_all``) one value for all."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        if n == 1 or scalar_for_all:
+            return [value] * n
+        raise ConfigurationError(f"{what} must give one value per rate ({n} rates), got {value!r}")
+    if len(value) != n:
+        raise ConfigurationError(f"{what} must give one value per rate: {n} rates, {len(value)} values in {value!r}")
+    return list(value)
+
+
+def combine(snaps: Sequence[Snapshot], policies: Sequence[Policy]) -> Snapshot:
+    """The `Snapshot` of a bucket with several bandwidths: the binding one's, with ``bandwidths`` filled in."""
+
+    def pressure(i: int) -> tuple[float, float]:
+        p, snap = policies[i], snaps[i]
+        wait = max(0.0, p.start_level(min(1.0, p.max_cost)) - snap.tokens) / p.refill
+        return wait, -snap.tokens / p.capacity
+
+    binding = max(range(len(snaps)), key=pressure)
+    return replace(snaps[binding], bandwidths=tuple(snaps), binding=binding)
 
 
 def fresh(policy: Policy, now: float) -> BucketState:
@@ -315,20 +400,112 @@ def reserve(
     now = max(now, state.updated)  # a clock that stepped back: time stands still until it catches up
     s = advance(state, policy, now)
     t0 = s.updated
-    level = policy.start_level(cost)
-    start = t0
-    if s.tokens < level - policy.slack:
-        start = t0 + (level - s.tokens) / policy.refill
-        if start == t0:  # a wait too short for a float at t0: it is still a wait, of one step
-            start = t0 + math.ldexp(1.0, math.frexp(t0)[1] - 53)
-    if s.pending and s.pending[-1].start > start:
-        start = s.pending[-1].start  # never ahead of an earlier reservation
+    start = earliest_start(s, policy, cost)
     delay = max(0.0, start - now)
     if max_wait is not None and delay > max_wait:
         return Rejected(s, delay)
     if start > t0:
         return Reserved(BucketState(s.tokens - cost, t0, (*s.pending, Pending(start, cost, rid))), start, delay, rid)
     return Reserved(BucketState(s.tokens - cost, t0, s.pending), start, delay, None)
+
+
+def earliest_start(state: BucketState, policy: Policy, cost: float) -> float:
+    """When a request of ``cost`` may start in ``state`` (brought up to date): first-come first-served."""
+    t0 = state.updated
+    level = policy.start_level(cost)
+    start = t0
+    if state.tokens < level - policy.slack:
+        start = t0 + (level - state.tokens) / policy.refill
+        if start == t0:  # a wait too short for a float at t0: it is still a wait, of one step
+            start = t0 + math.ldexp(1.0, math.frexp(t0)[1] - 53)
+    if state.pending and state.pending[-1].start > start:
+        start = state.pending[-1].start  # never ahead of an earlier reservation
+    return start
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedAll:
+    """Every part of a `reserve_all` was admitted and charged.
+
+    Attributes:
+        states: The new state of each part, in order.
+        start: When the request may start: the latest of the parts' own starts.
+        delay: ``start - now``, never negative.
+        rids: Each part's reservation id if it waits, else None.
+    """
+
+    states: tuple[BucketState, ...]
+    start: float
+    delay: float
+    rids: tuple[int | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedAll:
+    """A `reserve_all` would wait longer than allowed; no part was charged.
+
+    Attributes:
+        states: Each part's state brought up to date (storing them is optional).
+        retry_after: Seconds until the request could start.
+    """
+
+    states: tuple[BucketState, ...]
+    retry_after: float
+
+
+def reserve_all(
+    parts: Sequence[tuple[BucketState, Policy, float]],
+    now: float,
+    max_wait: float | None,
+    rids: Sequence[int],
+) -> ReservedAll | RejectedAll:
+    """Reserve a cost in each of several buckets for one request, all or nothing.
+
+    The request starts when every bucket allows it: at the latest of the
+    starts `reserve` would give in each, and it waits behind every earlier
+    reservation in every bucket (each bucket stays first-come first-served).
+    One bucket is charged its cost and holds a reservation until that common
+    start. While it holds it, the upstream of that bucket has not been charged
+    yet and may fill to capacity, after which it stops refilling: those lost
+    tokens, ``balance + refill × (start - now) - capacity`` when positive, are
+    charged too, so the bucket's balance at the start is what its upstream
+    will have. (With one part this is `reserve`: its own start is the common one.)
+
+    Args:
+        parts: ``(state, policy, cost)`` for each bucket, each bucket once.
+        now: The current time.
+        max_wait: Longest acceptable delay; None for no limit.
+        rids: One id per part, recorded for the parts that have to wait.
+
+    Raises:
+        CostExceedsCapacity: a cost can never start under its bucket's policy
+            (checked for every part before anything is computed).
+    """
+    if len(rids) != len(parts):
+        raise ValueError(f"reserve_all needs one id per part: {len(parts)} parts, {len(rids)} ids")
+    for _, policy, cost in parts:
+        policy.check(cost)
+    for state, _, _ in parts:
+        now = max(now, state.updated)  # one clock for every part; a step back stands still
+    states = [advance(state, policy, now) for state, policy, _ in parts]
+    own = [earliest_start(s, policy, cost) for s, (_, policy, cost) in zip(states, parts, strict=True)]
+    start = max(own, default=now)
+    delay = max(0.0, start - now)
+    if max_wait is not None and delay > max_wait:
+        return RejectedAll(tuple(states), delay)
+    after: list[BucketState] = []
+    ids: list[int | None] = []
+    for s, mine, (_, policy, cost), rid in zip(states, own, parts, rids, strict=True):
+        charge = cost
+        if start > mine:  # held past its own start: charge what its upstream loses to the cap meanwhile
+            charge += max(0.0, s.tokens + (start - now) * policy.refill - policy.capacity)
+        if start > now:
+            after.append(BucketState(s.tokens - charge, now, (*s.pending, Pending(start, charge, rid))))
+            ids.append(rid)
+        else:
+            after.append(BucketState(s.tokens - charge, now, s.pending))
+            ids.append(None)
+    return ReservedAll(tuple(after), start, delay, tuple(ids))
 
 
 def cancel(state: BucketState, policy: Policy, now: float, rid: int) -> Cancelled:

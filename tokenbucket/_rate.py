@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from ._exceptions import ConfigurationError
@@ -56,7 +57,10 @@ class Rate:
         if not isinstance(text, str):
             raise TypeError(f"rate must be a Rate or a string like '5/minute', not {type(text).__name__}")
         if any(sep in text for sep in ";,|"):
-            raise ConfigurationError(f"rate {text!r} holds several limits; give exactly one, like '5/minute'")
+            raise ConfigurationError(
+                f"rate {text!r} holds several limits; give exactly one, like '5/minute' "
+                "(a bucket takes several: TokenBucket(..., rate='10/second; 600/hour'))"
+            )
         from limits import parse  # deferred: only parsing needs limits
 
         try:
@@ -69,6 +73,26 @@ class Rate:
         if item.amount <= 0:
             raise ConfigurationError(f"rate {text!r} has amount {item.amount}; it must be greater than zero")
         return cls(item.amount, per=float(item.get_expiry()))
+
+    @classmethod
+    def parse_many(cls, text: str) -> tuple[Rate, ...]:
+        """Parse one or several rates: ``"10/second; 600/hour"`` (the `limits` grammar).
+
+        The rates are separated by ``;``, ``,`` or ``|``, as `limits.parse_many`
+        and Flask-Limiter read them; each is parsed as by `parse`.
+
+        Raises:
+            ConfigurationError: a piece is not a rate, or there is none.
+            TypeError: ``text`` is not a string.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"rate must be a Rate or a string like '5/minute', not {type(text).__name__}")
+        pieces = [piece.strip() for piece in re.split(r"[;,|]", text)]
+        if not any(pieces):
+            raise ConfigurationError(f"rate {text!r} names no limit; give one or more, like '10/second; 600/hour'")
+        if not all(pieces):
+            raise ConfigurationError(f"rate {text!r} has an empty limit between separators")
+        return tuple(cls.parse(piece) for piece in pieces)
 
     @classmethod
     def coerce(cls, value: Rate | str) -> Rate:

@@ -8,7 +8,7 @@ arithmetic of `Policy` and the functions in ``tokenbucket._model``.
 from __future__ import annotations
 
 from .._model import Policy, Snapshot
-from ._base import AsyncBackend, Backend, Ticket
+from ._base import BAND, AsyncBackend, Backend, ManyTicket, Ticket
 from ._lease_base import AsyncLeaseBackend, LeaseBackend, LeaseInfo, LeaseOwner, LeaseReply
 from ._memory import MemoryBackend
 from ._redis import AsyncRedisBackend, RedisBackend
@@ -18,11 +18,13 @@ __all__ = [
     "AsyncBackend",
     "AsyncLeaseBackend",
     "AsyncRedisBackend",
+    "BAND",
     "Backend",
     "LeaseBackend",
     "LeaseInfo",
     "LeaseOwner",
     "LeaseReply",
+    "ManyTicket",
     "MemoryBackend",
     "Policy",
     "RedisBackend",

@@ -14,11 +14,13 @@ virtual-time tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from .._exceptions import ConfigurationError
 from .._model import Policy, Snapshot
 
-__all__ = ["AsyncBackend", "Backend", "Ticket"]
+__all__ = ["BAND", "AsyncBackend", "Backend", "ManyTicket", "Ticket", "check_parts"]
 
 Ticket = tuple[bool, float, "int | None"]
 """The reply of ``reserve``: ``(admitted, seconds, rid)``.
@@ -29,6 +31,27 @@ wait (pass it to ``cancel``), else None. When ``admitted`` is False nothing was
 charged and ``seconds`` is the time until the request could start
 (``retry_after``).
 """
+
+BAND = "\x1f"
+"""Bandwidth ``n`` (from 2) of a bucket with several is stored under the key ``f"{name}{BAND}{n}"``.
+
+A store that shards keys (Redis Cluster) keeps those keys with ``name``'s, so
+`Backend.reserve_all` can charge every bandwidth in one step.
+"""
+
+ManyTicket = tuple[bool, float, "tuple[int | None, ...]"]
+"""The reply of ``reserve_all``: ``(admitted, seconds, rids)``, one rid per part when admitted, else ``()``."""
+
+
+def check_parts(parts: Sequence[tuple[str, Policy, float]]) -> list[str]:
+    """The keys of a ``reserve_all``; `ConfigurationError` if there are none or one appears twice."""
+    keys = [part[0] for part in parts]
+    if not keys:
+        raise ConfigurationError("reserve_all needs at least one bucket")
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ConfigurationError(f"reserve_all names a bucket more than once: {twice}; add its costs together")
+    return keys
 
 
 @runtime_checkable
@@ -54,6 +77,19 @@ class Backend(Protocol):
         """Charge ``cost`` and return the delay, unless the delay would exceed ``max_wait``.
 
         Raises `tokenbucket.CostExceedsCapacity` (charging nothing) if the cost can never start.
+        """
+        ...
+
+    def reserve_all(
+        self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
+    ) -> ManyTicket:
+        """Reserve ``cost`` in each ``(key, policy, cost)`` for one request, all or nothing (`_model.reserve_all`).
+
+        One atomic step (one round trip): either every part is charged and
+        the reply is the common delay with each part's rid, or none is (the
+        delay would exceed ``max_wait``; the reply is the time until it could
+        start). Each key appears once. Raises `tokenbucket.CostExceedsCapacity`
+        or `tokenbucket.PolicyMismatch` for any part, charging nothing.
         """
         ...
 
@@ -87,10 +123,14 @@ class AsyncBackend(Protocol):
         """True when ``now=None`` reads a clock shared by every client."""
         ...
 
-    async def reserve(
-        self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None
-    ) -> Ticket:
+    async def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
         """See `Backend.reserve`."""
+        ...
+
+    async def reserve_all(
+        self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
+    ) -> ManyTicket:
+        """See `Backend.reserve_all`."""
         ...
 
     async def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Sequence
 
 from .. import _model
 from .._clock import Clock
 from .._exceptions import PolicyMismatch
 from .._model import BucketState, Policy, Snapshot, try_take
-from ._base import Ticket
+from ._base import ManyTicket, Ticket, check_parts
 from ._memory_lease import MemoryLeaseStore
 
 __all__ = ["MemoryBackend"]
@@ -126,6 +127,27 @@ class MemoryBackend(MemoryLeaseStore):
             if isinstance(result, _model.Rejected):
                 return False, result.retry_after, None
             return True, result.delay, result.rid
+
+    def reserve_all(
+        self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
+    ) -> ManyTicket:
+        """See `tokenbucket.backends.Backend.reserve_all`."""
+        keys = check_parts(parts)
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slots = [self._slot(key, policy, now) for key, policy, _ in parts]
+            result = _model.reserve_all(
+                [(slot.state(), policy, cost) for slot, (_, policy, cost) in zip(slots, parts, strict=True)],
+                now,
+                max_wait,
+                [next(self._ids) for _ in keys],
+            )
+            for slot, state in zip(slots, result.states, strict=True):
+                slot.store(state)
+            if isinstance(result, _model.RejectedAll):
+                return False, result.retry_after, ()
+            return True, result.delay, result.rids
 
     def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
         """See `tokenbucket.backends.Backend.cancel`."""

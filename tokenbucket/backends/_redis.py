@@ -21,6 +21,7 @@ import re
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .._exceptions import BackendError, ConfigurationError, PolicyMismatch
 from .._model import Policy, Snapshot, describe, refundable
 from .._validate import check_nonnegative, check_positive
-from ._base import Ticket
+from ._base import BAND, ManyTicket, Ticket, check_parts
 from ._redis_errors import describe_server, map_redis_errors, unreachable
 from ._redis_lease import AsyncRedisLeaseStore, RedisLeaseStore
 
@@ -98,6 +99,9 @@ _STATE_0_1 = struct.Struct("<10d")
 
 _MISMATCH = re.compile(r"tokenbucket-policy (\S+) (\S+) (\S+) (\S+) (\S+)")
 """The error a bucket script returns for a policy other than the stored one (see ``lua/bucket.lua``)."""
+
+_MISMATCH_PART = re.compile(r"tokenbucket-policy (\S+) (\S+) (\S+) (\S+) (\S+) (\d+)")
+"""The same error from ``lua/reserve_all.lua``, which adds the number of the part (from 1)."""
 
 
 def parse_state(raw: bytes | None) -> dict[str, float] | None:
@@ -233,6 +237,11 @@ class _RedisCommon:
         from redis.exceptions import NoScriptError
 
         self._noscript = NoScriptError
+        # A cluster client routes one script by its keys: reserve_all checks they share a slot.
+        import redis.asyncio.cluster
+        import redis.cluster
+
+        self._cluster = isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
 
     @property
     def prefix(self) -> str:
@@ -256,7 +265,9 @@ class _RedisCommon:
         """The Redis keys of bucket ``name``: its state hash, queue (sorted set) and costs hash.
 
         They share the hash tag ``{<prefix><name>}``, so a bucket lives in one
-        Redis Cluster slot. Each key carries a TTL.
+        Redis Cluster slot. Each key carries a TTL. Bandwidth ``n`` of a bucket
+        with several (key ``<name>\\x1f<n>``) has the keys of ``name`` with
+        ``:<n>`` after them, in the same slot.
 
         Raises:
             ConfigurationError: ``name`` is empty, or would make an empty hash tag.
@@ -265,10 +276,12 @@ class _RedisCommon:
         if keys is None:
             if not isinstance(name, str):
                 raise TypeError(f"name must be a string, not {type(name).__name__}")
-            tag = "{" + self._prefix + name + "}"
-            if not name or tag.startswith("{}"):
+            base, _, band = name.partition(BAND)  # a bandwidth lives beside its bucket: one hash tag
+            tag = "{" + self._prefix + base + "}"
+            if not base or tag.startswith("{}"):
                 raise ConfigurationError(f"bucket name {name!r} with prefix {self._prefix!r} makes an empty hash tag")
-            keys = (f"{tag}:bucket", f"{tag}:queue", f"{tag}:costs")
+            end = f":{band}" if band else ""
+            keys = (f"{tag}:bucket{end}", f"{tag}:queue{end}", f"{tag}:costs{end}")
             if len(self._keys) >= _CACHE_LIMIT:
                 self._keys.clear()
             self._keys[name] = keys
@@ -338,7 +351,30 @@ class _RedisCommon:
             self._recovered()
         if self._lost:
             self._mend_soon()
-        return _ticket(reply)
+        return _AT_ONCE if reply is None else _ticket(reply)
+
+    def _unanswered_all(
+        self,
+        exc: BackendError,
+        parts: Sequence[tuple[str, Policy, float]],
+        call: bytes,
+        now: float | None,
+        deadline: float | None,
+    ) -> ManyTicket:
+        """`_unanswered` for ``reserve_all``: every part is given back (``bucket_void`` is per bucket).
+
+        Raises the `PolicyMismatch` the script reported for a part, if that is what ``exc`` is.
+        """
+        mismatch = _mismatch_all(exc, parts)
+        if mismatch is not None:
+            raise mismatch from None
+        sent = time.monotonic()
+        lost = [_Lost(key, policy, call, cost, now, sent) for key, policy, cost in parts]
+        if unreachable(exc) and _maybe_ran(exc):
+            for more in lost[1:]:  # (`_unanswered` keeps the first)
+                self._lose(more)
+        admitted, seconds, _ = self._unanswered(exc, lost[0], deadline)
+        return admitted, seconds, (None,) * len(parts) if admitted else ()
 
     def _reserve_args(
         self, policy: Policy, cost: float, max_wait: float | None, now: float | None, call: bytes
@@ -346,6 +382,34 @@ class _RedisCommon:
         policy.check(cost)  # CostExceedsCapacity before any round trip: nothing charged
         wait = b"" if max_wait is None else repr(float(max_wait)).encode()
         return self._args(policy, now, repr(cost).encode(), wait, call)
+
+    def _reserve_all_args(
+        self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None, call: bytes
+    ) -> tuple[list[bytes], list[bytes]]:
+        """KEYS and ARGV for ``lua/reserve_all.lua``, after every check (nothing charged when one fails)."""
+        check_parts(parts)
+        for _, policy, cost in parts:
+            policy.check(cost)
+        keys = [k for key, _, _ in parts for k in self._wire_keys(key)]
+        if self._cluster:
+            from redis.crc import key_slot
+
+            slots = {key_slot(k) for k in keys}
+            if len(slots) > 1:
+                names = [key for key, _, _ in parts]
+                raise ConfigurationError(
+                    f"buckets {names} are in different Redis Cluster slots, so they cannot be reserved in one step: "
+                    "give them one hash-tag group, a name that starts with the same '{group}' "
+                    "(for example '{tenant-42}:requests' and '{tenant-42}:tokens')"
+                )
+        args = [
+            b"" if now is None else repr(float(now)).encode(),
+            b"" if max_wait is None else repr(float(max_wait)).encode(),
+            call,
+        ]
+        for _, policy, cost in parts:
+            args += self._args(policy, None, repr(cost).encode())[1:]
+        return keys, args
 
     def _script(self, name: str) -> Any:
         """The redis-py script object for ``lua/<name>.lua`` (EVALSHA, reloaded on NOSCRIPT)."""
@@ -396,6 +460,25 @@ def _mismatch(exc: BackendError, key: str, args: list[bytes]) -> PolicyMismatch 
         return None
     stored = tuple(float(field) for field in found.groups())
     return PolicyMismatch(key, stored, _POLICY.unpack(args[1])[:5])
+
+
+def _mismatch_all(exc: BackendError, parts: Sequence[tuple[str, Policy, float]]) -> PolicyMismatch | None:
+    """The `PolicyMismatch` ``reserve_all.lua`` reported in ``exc`` (it names the part), if it reports one."""
+    found = _MISMATCH_PART.search(str(exc.__cause__))
+    if found is None:
+        return None
+    key, policy, _ = parts[int(found.group(6)) - 1]
+    return PolicyMismatch(key, tuple(float(field) for field in found.groups()[:5]), policy.fingerprint())
+
+
+def _tickets(reply: Any) -> ManyTicket:
+    """A `ManyTicket` from ``reserve_all``'s ``"<admitted> <seconds> <id> ..."``."""
+    if reply in _VOID_REPLIES:
+        return False, UNAVAILABLE_RETRY_AFTER, ()
+    admitted, seconds, *ids = reply.split()
+    if admitted not in (b"1", "1"):
+        return False, float(seconds), ()
+    return True, float(seconds), tuple(int(rid) or None for rid in ids)
 
 
 def _describe(reply: Any, policy: Policy) -> Snapshot:
@@ -674,6 +757,35 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
             return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
         return self._answered(reply)
 
+    def reserve_all(
+        self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
+    ) -> ManyTicket:
+        """See `tokenbucket.backends.Backend.reserve_all`: one EVALSHA (``lua/reserve_all.lua``).
+
+        On Redis Cluster every bucket must be in one slot (names that start
+        with one ``{group}``), else `tokenbucket.ConfigurationError` before
+        anything is sent. A reply that never came is handled as in `reserve`:
+        each part is given back once Redis answers, and ``on_unavailable``
+        decides the answer meanwhile.
+        """
+        call = self._call_id()
+        keys, args = self._reserve_all_args(parts, max_wait, now, call)
+        deadline = self._deadline(max_wait)
+        script = self._script("reserve_all")
+        try:
+            with map_redis_errors("reserve_all", self._client, parts[0][0]):
+                if deadline is not None:
+                    reply = self._evalsha_within(deadline, script, keys, args)
+                else:
+                    try:
+                        reply = self._client.evalsha(script.sha, len(keys), *keys, *args)
+                    except self._noscript:
+                        reply = script(keys, args)
+        except BackendError as exc:
+            return self._unanswered_all(exc, parts, call, now, deadline)
+        self._answered(None)
+        return _tickets(reply)
+
     # ------------------------------------------------------------ reserves whose reply was lost
 
     def _lose(self, lost: _Lost) -> None:
@@ -903,6 +1015,30 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
         except BackendError as exc:
             return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
         return self._answered(reply)
+
+    async def reserve_all(
+        self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
+    ) -> ManyTicket:
+        """See `RedisBackend.reserve_all`."""
+        call = self._call_id()
+        keys, args = self._reserve_all_args(parts, max_wait, now, call)
+        deadline = self._deadline(max_wait)
+        script = self._script("reserve_all")
+        try:
+            with map_redis_errors("reserve_all", self._client, parts[0][0]):
+                if deadline is None:
+                    reply = await self._evalsha(script, keys, args)
+                else:
+                    try:
+                        reply = await asyncio.wait_for(self._evalsha(script, keys, args), deadline)
+                    except asyncio.TimeoutError as exc:
+                        import redis.exceptions
+
+                        raise redis.exceptions.TimeoutError(f"no reply within {deadline:g} s") from exc
+        except BackendError as exc:
+            return self._unanswered_all(exc, parts, call, now, deadline)
+        self._answered(None)
+        return _tickets(reply)
 
     # ------------------------------------------------------------ reserves whose reply was lost
 
