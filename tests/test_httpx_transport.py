@@ -249,9 +249,10 @@ def test_header_reconciler_leaves_a_streamed_body_unread(keepa: tuple[KeepaLikeS
     transport = RateLimitedTransport(
         httpx.HTTPTransport(), bucket, operation=product_units, reconciler=HeaderReconciler()
     )
-    with httpx.Client(transport=transport) as client, client.stream(
-        "GET", f"{base}/product", params={"asin": asins(1)}
-    ) as response:
+    with (
+        httpx.Client(transport=transport) as client,
+        client.stream("GET", f"{base}/product", params={"asin": asins(1)}) as response,
+    ):
         assert not response.is_stream_consumed
         synced = bucket.snapshot().tokens
         body = json.loads(response.read())
@@ -266,9 +267,10 @@ def test_keepa_reconciler_reads_a_streamed_body_and_the_caller_still_gets_it(
     _, base = keepa
     bucket = strict_bucket(TokenBucket, CostModel(prior={"product": 12}))
     transport = RateLimitedTransport(httpx.HTTPTransport(), bucket, operation=product_units)
-    with httpx.Client(transport=transport) as client, client.stream(
-        "GET", f"{base}/product", params={"asin": asins(3)}
-    ) as response:
+    with (
+        httpx.Client(transport=transport) as client,
+        client.stream("GET", f"{base}/product", params={"asin": asins(3)}) as response,
+    ):
         chunks = b"".join(response.iter_bytes())
     assert json.loads(chunks)["tokensConsumed"] >= 3 * LOW
     assert bucket.cost_model is not None
@@ -524,3 +526,47 @@ async def test_cancelling_a_request_that_waits_for_tokens_refunds_them() -> None
 def test_importing_tokenbucket_does_not_import_httpx() -> None:
     code = "import sys, tokenbucket, tokenbucket.integrations; assert 'httpx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- buckets of several bandwidths
+
+
+def several_bucket(rate: str, **kwargs: Any) -> TokenBucket:
+    return TokenBucket(f"multi-{uuid.uuid4().hex[:8]}", rate, backend=MemoryBackend(), clock=ManualClock(0.0), **kwargs)
+
+
+def test_each_bandwidth_syncs_to_the_ietf_limit_of_its_rate() -> None:
+    bucket = several_bucket("10/second; 600/hour")
+    headers = {
+        "RateLimit": '"hour";r=400;t=100, "burst";r=3;t=1',  # the upstream's order need not be the bucket's
+        "RateLimit-Policy": '"burst";q=10;w=1, "hour";q=600;w=3600',
+    }
+    transport = RateLimitedTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, headers=headers)), bucket, reconciler=HeaderReconciler()
+    )
+    with httpx.Client(transport=transport) as client:
+        client.get("http://upstream/")
+    assert [b.tokens for b in bucket.snapshot().bandwidths] == [3, 400]
+
+
+def test_keepa_balance_syncs_the_bandwidth_of_its_refill_rate_only() -> None:
+    bucket = several_bucket("5/minute; 6000/day", capacity=(300, 6000), overdraft=math.inf)
+    body = keepa_body(left=-40, consumed=20, rate_per_minute=5)
+    transport = RateLimitedTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, json=body)), bucket, cost=20
+    )
+    with httpx.Client(transport=transport) as client:
+        client.get("http://upstream/")
+    assert [b.tokens for b in bucket.snapshot().bandwidths] == [-40, 5980]  # the daily one: as charged
+
+
+def test_a_bare_429_empties_every_bandwidth() -> None:
+    clock = ManualClock(0.0)
+    answers = iter([httpx.Response(429), httpx.Response(200)])
+    bucket = TokenBucket("bare-429", "10/second; 600/hour", backend=MemoryBackend(), clock=clock)
+    transport = RateLimitedTransport(
+        httpx.MockTransport(lambda request: next(answers)), bucket, reconciler=HeaderReconciler()
+    )
+    with httpx.Client(transport=transport) as client:
+        assert client.get("http://upstream/").status_code == 200
+    assert clock.now() == pytest.approx(6.0)  # the retry waited for one token of the hour bandwidth (600/hour)

@@ -166,6 +166,20 @@ async def test_async_bucket_on_memory_is_tracked(setup: Any) -> None:
     assert got[("tokenbucket_grants_total", b("async"))] == 1
 
 
+@pytest.mark.asyncio
+async def test_a_bucket_of_several_bandwidths_reports_the_binding_one(setup: Any) -> None:
+    registry, metrics, clock, _ = setup
+    sync = TokenBucket("gh", "10/second; 100/hour", backend=MemoryBackend(clock), clock=clock)
+    asynchronous = AsyncTokenBucket("gh-async", "10/second; 5/hour", backend=MemoryBackend(clock), clock=clock)
+    metrics.track(sync)
+    metrics.track(asynchronous)
+    sync.acquire(8)  # 2 left of the burst, 92 of the hour
+    await asynchronous.acquire(4)  # 6 of the burst, 1 of the hour
+    got = scrape(registry)
+    assert (got[("tokenbucket_tokens", b("gh"))], got[("tokenbucket_capacity_tokens", b("gh"))]) == (2, 10)
+    assert (got[("tokenbucket_tokens", b("gh-async"))], got[("tokenbucket_capacity_tokens", b("gh-async"))]) == (1, 5)
+
+
 def test_async_store_cannot_be_scraped() -> None:
     class AsyncStore(MemoryBackend):
         async def snapshot(self, *args: Any) -> Any:  # type: ignore[override]

@@ -236,3 +236,26 @@ def test_a_larger_budget_never_plans_a_smaller_batch(
     assert a.size <= b.size
     if a.size < b.size:
         assert b.estimated_cost > small or a.size == min(pending, max_per_request)
+
+
+def test_every_bandwidth_bounds_the_batch_and_its_start() -> None:
+    """5/minute with a bucket of 300, and a daily cap of 200: the daily one binds, and names the plan."""
+    clock = ManualClock(0.0)
+    bucket = TokenBucket(
+        f"plan-{uuid.uuid4().hex[:8]}",
+        "5/minute; 200/day",
+        capacity=(300, 200),
+        backend=MemoryBackend(),
+        clock=clock,
+        cost_model=CostModel(prior={"product": 20}),
+    )
+    plan = BatchPlanner(bucket).plan("product", 50)
+    assert (plan.size, plan.budget) == (10, 200)
+    bucket.acquire(190)  # the minute bandwidth holds 110, the daily one 10
+    plan = BatchPlanner(bucket, max_wait=3600).plan("product", 50)
+    # within an hour: 300 by the minute bandwidth (capped), 10 + 8.3 by the daily one: not even one item
+    assert plan.size == 1
+    assert "exceeds what is there within max_wait 60 min (18.3333 tokens)" in plan.explanation
+    assert plan.expected_wait == pytest.approx((20 - 10) / (200 / 86400))  # the daily bandwidth's wait
+    with pytest.raises(ConfigurationError, match="fixed_size=15 can never fit"):
+        BatchPlanner(bucket, fixed_size=15)  # 300 tokens: fits the minute bandwidth, not the daily one

@@ -108,6 +108,13 @@ def test_ietf_several_limits_report_the_tightest_with_its_policy() -> None:
     assert report is not None
     assert (report.policy, report.remaining, report.limit, report.reset_after) == ("perhr", 3, 1000, 1800)
     assert report.refill_rate == Rate(1000, per=3600)
+    assert [(r.policy, r.remaining, r.limit, r.refill_rate) for r in report.limits] == [
+        ("permin", 10, 50, Rate(50, per=60)),
+        ("perhr", 3, 1000, Rate(1000, per=3600)),
+    ]
+    one = parse_ratelimit({"ratelimit": '"permin";r=10;t=20'})
+    assert one is not None
+    assert one.limits == ()
 
 
 def test_ietf_partition_keys_quota_units_and_unknown_parameters_are_accepted() -> None:

@@ -16,7 +16,8 @@ the bucket's name):
 
 * gauges read at scrape: ``tokenbucket_tokens``, ``tokenbucket_debt_tokens``,
   ``tokenbucket_promised_tokens``, ``tokenbucket_capacity_tokens``,
-  ``tokenbucket_time_to_positive_seconds``;
+  ``tokenbucket_time_to_positive_seconds`` (for a bucket of several
+  bandwidths, those of the one that binds, as `TokenBucket.snapshot` reports);
 * counters: ``tokenbucket_grants_total``, ``tokenbucket_granted_tokens_total``,
   ``tokenbucket_timeouts_total`` (``acquire``/``reserve`` refused up front),
   ``tokenbucket_try_acquire_misses_total``, ``tokenbucket_cancellations_total``,
@@ -186,14 +187,12 @@ class PrometheusMetrics:
             bucket.remove_listener(self)
 
     def _snapshots(self) -> Iterator[tuple[str, Snapshot]]:
-        from ._bucket import TokenBucket
+        from ._bucket import _run
 
         for name, bucket in sorted(self._tracked.items()):
             try:
-                if isinstance(bucket, TokenBucket):
-                    snap = bucket.snapshot()
-                else:  # an AsyncTokenBucket on a store that never blocks (memory)
-                    snap = bucket.backend.snapshot(bucket.name, bucket.policy, bucket._now())
+                # Driven with blocking calls: an AsyncTokenBucket is tracked only on a store that never blocks.
+                snap = _run(bucket, bucket._snapshot_flow())
             except Exception:
                 _log.warning("tokenbucket: cannot read bucket %r for metrics; left out of this scrape", name,
                              exc_info=True)  # fmt: skip

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +94,15 @@ def plan_batch(
     budget_label: str = "the budget",
     max_per_request: int = 100,
     fixed_size: int | None = None,
+    also: Sequence[tuple[Policy, Snapshot, float]] = (),
 ) -> BatchPlan:
     """Plan one request: the pure arithmetic behind `BatchPlanner`.
 
     Guarantees: the planned cost never exceeds ``policy.max_cost`` (so the
     request can always start); with items pending the size is at least 1; the
-    size never decreases when the budget grows.
+    size never decreases when the budget grows. A bucket of several bandwidths
+    passes the others in ``also``: the request must fit each, and starts when
+    every one allows it.
 
     Args:
         op: The operation (for the explanation).
@@ -111,11 +114,14 @@ def plan_batch(
         budget_label: How the explanation names the budget.
         max_per_request: The upstream's limit on items per request.
         fixed_size: Plan exactly this many (or fewer when fewer are pending).
+        also: ``(policy, snapshot, budget)`` of each other bandwidth of the bucket.
 
     Raises:
         CostExceedsCapacity: a single item can never start.
     """
-    limit = min(budget, policy.max_cost)
+    bands = [(policy, snapshot), *((p, snap) for p, snap, _ in also)]
+    max_cost = min(p.max_cost for p, _ in bands)
+    limit = min(budget, policy.max_cost, *(min(b, p.max_cost) for p, _, b in also))
     cap = min(pending, max_per_request)
     refill = policy.refill
     unit = f"{per_unit:g}"
@@ -133,8 +139,8 @@ def plan_batch(
     else:
         size = _fits(cap, per_unit, limit)
         if size == 0:
-            if per_unit > policy.max_cost:
-                raise CostExceedsCapacity(per_unit, policy.max_cost)
+            if per_unit > max_cost:
+                raise CostExceedsCapacity(per_unit, max_cost)
             size = 1
             why = (
                 f"one {op!r} alone ({unit} tokens) exceeds {budget_label} ({limit:g} tokens); "
@@ -155,7 +161,7 @@ def plan_batch(
             if everything > limit:
                 why += f"; {whole}"
     cost = size * per_unit
-    wait = _start_wait(policy, snapshot, cost) if size else 0.0
+    wait = max(_start_wait(p, snap, cost) for p, snap in bands) if size else 0.0
     if size:
         why += f"; expected start in {_duration(wait)}"
     return BatchPlan(op, size, pending, per_unit, cost, wait, limit, why)
@@ -237,11 +243,15 @@ class BatchPlanner:
 
     def _check_fixed(self, op: str) -> None:
         assert self.fixed_size is not None
-        policy = self._bucket.policy
         per_unit = self._model.per_unit(op)
-        budget, label = self._budget(policy, policy.capacity)  # the best case: a full bucket
-        limit = min(budget, policy.max_cost)
         cost = self.fixed_size * per_unit
+        for policy in self._bucket.policies:  # every bandwidth, at its best case: full
+            self._check_fixed_in(op, policy, per_unit, cost)
+
+    def _check_fixed_in(self, op: str, policy: Policy, per_unit: float, cost: float) -> None:
+        assert self.fixed_size is not None
+        budget, label = self._budget(policy, policy.capacity)
+        limit = min(budget, policy.max_cost)
         if cost > limit:
             best = _fits(self.fixed_size, per_unit, limit)
             raise ConfigurationError(
@@ -260,21 +270,27 @@ class BatchPlanner:
             raise TypeError(f"max_per_request must be an int, not {type(max_per_request).__name__}")
         if max_per_request < 1:
             raise ConfigurationError(f"max_per_request must be at least 1, got {max_per_request!r}")
-        policy = self._bucket.policy
         if self.fixed_size is not None:
             self._check_fixed(op)
         per_unit = self._model.per_unit(op)
-        budget, label = self._budget(policy, snapshot.tokens)
+        # Each bandwidth with its budget; the one with the smallest budget names the plan.
+        bands = [
+            (policy, snap, *self._budget(policy, snap.tokens))
+            for policy, snap in zip(self._bucket.policies, snapshot.bandwidths or (snapshot,), strict=True)
+        ]
+        first = min(range(len(bands)), key=lambda i: min(bands[i][2], bands[i][0].max_cost))
+        policy, snap, budget, label = bands[first]
         return plan_batch(
             op,
             pending,
             per_unit,
             policy,
-            snapshot,
+            snap,
             budget=budget,
             budget_label=label,
             max_per_request=max_per_request,
             fixed_size=self.fixed_size,
+            also=[(p, s, b) for i, (p, s, b, _) in enumerate(bands) if i != first],
         )
 
     def plan(self, op: str, pending: int, max_per_request: int = 100) -> BatchPlan:

@@ -74,6 +74,10 @@ class UpstreamReport:
         retry_after: Seconds the upstream asks the client to wait before retrying.
         policy: The name of the policy reported (IETF fields).
         timestamp: The upstream's clock, in Unix seconds (Keepa).
+        limits: Every service limit the response reported, each as its own
+            report, when there were several (IETF ``RateLimit`` with several
+            members); the fields above are then those of the one with the
+            least remaining quota. Empty otherwise.
     """
 
     source: str
@@ -85,6 +89,7 @@ class UpstreamReport:
     retry_after: float | None = None
     policy: str | None = None
     timestamp: float | None = None
+    limits: tuple[UpstreamReport, ...] = ()
 
     def merge(self, other: UpstreamReport | None) -> UpstreamReport:
         """This report, with fields it lacks taken from ``other``."""
@@ -92,8 +97,9 @@ class UpstreamReport:
             return self
         changes: dict[str, Any] = {}
         for f in fields(self):
-            if f.name != "source" and getattr(self, f.name) is None and getattr(other, f.name) is not None:
-                changes[f.name] = getattr(other, f.name)
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name != "source" and mine in (None, ()) and theirs not in (None, ()):
+                changes[f.name] = theirs
         if not changes:
             return self
         return replace(self, source=f"{self.source}+{other.source}", **changes)
@@ -244,8 +250,9 @@ def parse_ratelimit(headers: Headers) -> UpstreamReport | None:
     """Read the IETF ``RateLimit`` and ``RateLimit-Policy`` fields.
 
     With several service limits, the one with the least remaining quota is
-    reported (it is the one that throttles first), with the policy of the same
-    name for ``limit`` and ``refill_rate`` (``q`` per ``w`` seconds).
+    reported (it is the one that throttles first), and every one in ``limits``;
+    each takes ``limit`` and ``refill_rate`` (``q`` per ``w`` seconds) from the
+    policy of the same name.
     """
     h = _lower(headers)
     value = h.get("ratelimit")
@@ -264,18 +271,16 @@ def parse_ratelimit(headers: Headers) -> UpstreamReport | None:
     except (ValueError, IndexError) as exc:
         log.debug("ignoring malformed RateLimit field %r: %s", value, exc)
         return None
-    best: tuple[float, str, dict[str, _Bare]] | None = None
+    members: list[tuple[float, str, dict[str, _Bare]]] = []
     for name, params in limits:
         remaining = _nonneg(params.get("r"))
         if not isinstance(name, str) or remaining is None:
             log.debug("ignoring RateLimit member %r without a valid r parameter", name)
             continue
-        if best is None or remaining < best[0]:
-            best = (remaining, name, params)
-    if best is None:
+        members.append((remaining, name, params))
+    if not members:
         return None
-    remaining, name, params = best
-    limit = refill = None
+    quotas: dict[str, tuple[float | None, Rate | None]] = {}
     policy_text = h.get("ratelimit-policy")
     if policy_text is not None:
         try:
@@ -284,20 +289,23 @@ def parse_ratelimit(headers: Headers) -> UpstreamReport | None:
             log.debug("ignoring malformed RateLimit-Policy field %r: %s", policy_text, exc)
             policies = []
         for pname, pparams in policies:
-            if pname != name:
-                continue
-            limit = _nonneg(pparams.get("q"))
-            window = _nonneg(pparams.get("w"))
-            if limit and window:
-                refill = Rate(limit, per=window)
-    return UpstreamReport(
-        "ratelimit",
-        remaining=remaining,
-        limit=limit,
-        refill_rate=refill,
-        reset_after=_nonneg(params.get("t")),
-        policy=str(name),
-    )
+            if isinstance(pname, str) and pname not in quotas:
+                limit = _nonneg(pparams.get("q"))
+                window = _nonneg(pparams.get("w"))
+                quotas[pname] = (limit, Rate(limit, per=window) if limit and window else None)
+    reports = [
+        UpstreamReport(
+            "ratelimit",
+            remaining=remaining,
+            limit=quotas.get(name, (None, None))[0],
+            refill_rate=quotas.get(name, (None, None))[1],
+            reset_after=_nonneg(params.get("t")),
+            policy=name,
+        )
+        for remaining, name, params in members
+    ]
+    least = reports[min(range(len(members)), key=lambda i: members[i][0])]
+    return replace(least, limits=tuple(reports)) if len(reports) > 1 else least
 
 
 # ---------------------------------------------------------------------------

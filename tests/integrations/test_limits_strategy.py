@@ -499,3 +499,64 @@ def test_redis_cluster_storage(redis_cluster: Any, key_prefix: str, clock: Manua
     assert strategy.hit(FIVE_PER_MINUTE, "a")
     assert strategy.get_window_stats(FIVE_PER_MINUTE, "b").remaining == 1
     storage.get_connection().close()
+
+
+# --------------------------------------------------------------------------- several limits at once
+
+BURST_AND_HOUR = limits.parse_many("2/second;5/hour")
+
+
+class TestSeveralLimits:
+    def test_hit_all_is_all_or_nothing(self, strategy: TokenBucketRateLimiter, clock: ManualClock) -> None:
+        assert [strategy.hit_all(BURST_AND_HOUR, "k") for _ in range(3)] == [True, True, False]
+        clock.advance(1)  # the burst limit is full again; the hour limit holds 3
+        assert [strategy.hit_all(BURST_AND_HOUR, "k") for _ in range(3)] == [True, True, False]
+        clock.advance(1)  # the hour limit holds 1 (+ 2 s of 5/hour): the burst limit is not charged past it
+        assert strategy.hit_all(BURST_AND_HOUR, "k")
+        assert not strategy.test_all(BURST_AND_HOUR, "k")
+        assert not strategy.hit_all(BURST_AND_HOUR, "k")
+        clock.advance(3600 / 5)  # one more token of the hour limit; the burst limit is full
+        assert strategy.test_all(BURST_AND_HOUR, "k")
+        assert strategy.hit_all(BURST_AND_HOUR, "k")
+
+    def test_hit_one_by_one_charges_the_first_when_the_second_refuses(self, strategy: TokenBucketRateLimiter) -> None:
+        """What frameworks do with every strategy (hit per limit, in order), and why hit_all exists."""
+        burst, hour = limits.parse_many("5/second;1/hour")
+        assert strategy.hit(burst, "k")
+        assert strategy.hit(hour, "k")
+        assert strategy.hit(burst, "k")
+        assert not strategy.hit(hour, "k")
+        assert strategy.get_window_stats(burst, "k").remaining == 3  # charged though the request was refused
+        assert strategy.hit_all([burst, hour], "j")  # a fresh pair of limits admits once an hour
+        assert not strategy.hit_all([burst, hour], "j")
+        assert [strategy.hit(burst, "j") for _ in range(5)] == [True] * 5  # separate from the pair's bucket
+
+    def test_costs_above_any_limit_and_bad_input(self, strategy: TokenBucketRateLimiter) -> None:
+        assert not strategy.hit_all(BURST_AND_HOUR, "k", cost=3)
+        assert strategy.hit_all(BURST_AND_HOUR, "k", cost=2)
+        assert strategy.hit_all(BURST_AND_HOUR[:1], "one")  # one limit: as hit
+        with pytest.raises(TypeError, match="non-empty sequence"):
+            strategy.hit_all(BURST_AND_HOUR[0], "k")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="non-empty sequence"):
+            strategy.test_all([], "k")
+
+    @pytest.mark.asyncio
+    async def test_async_hit_all(self, storage_uri: str, key_prefix: str, clock: ManualClock) -> None:
+        options: dict[str, Any] = {} if storage_uri == "memory://" else {"implementation": "redispy"}
+        storage = storage_from_string("async+" + storage_uri, key_prefix=key_prefix, **options)
+        strategy = AsyncTokenBucketRateLimiter(storage, clock=clock)
+        assert [await strategy.hit_all(BURST_AND_HOUR, "k") for _ in range(3)] == [True, True, False]
+        assert not await strategy.test_all(BURST_AND_HOUR, "k")
+        clock.advance(1)
+        assert await strategy.test_all(BURST_AND_HOUR, "k")
+        if storage_uri != "memory://":
+            await storage.bridge.get_connection().aclose()
+
+
+def test_hit_all_on_redis_cluster_is_one_slot(redis_cluster: Any, key_prefix: str, clock: ManualClock) -> None:
+    nodes = ",".join(f"{node.host}:{node.port}" for node in redis_cluster.startup_nodes)
+    storage = storage_from_string(f"redis+cluster://{nodes}", key_prefix=key_prefix)
+    strategy = TokenBucketRateLimiter(storage, clock=clock)
+    for ident in ("a", "b", "c", "d"):  # several buckets, so several slots; each bucket's limits in one
+        assert [strategy.hit_all(BURST_AND_HOUR, ident) for _ in range(3)] == [True, True, False]
+    storage.get_connection().close()

@@ -46,7 +46,7 @@ import asyncio
 import math
 import threading
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import httpx
@@ -54,8 +54,9 @@ import httpx
 from .._bucket import ESTIMATE, AsyncGrant, AsyncTokenBucket, Grant, TokenBucket
 from .._exceptions import ConfigurationError, PolicyMismatch, UpstreamRateLimited
 from .._flow import adrive, drive
-from .._model import Snapshot
-from .._reconcile import KeepaReconciler, Reconciler
+from .._model import Policy, Snapshot
+from .._rate import Rate
+from .._reconcile import KeepaReconciler, Reconciler, UpstreamReport
 from .._validate import check_cost, check_timeout
 
 __all__ = ["AsyncRateLimitedTransport", "RateLimitedTransport"]
@@ -198,14 +199,13 @@ class _Finish:
 
 
 class _Sync:
-    """Sync the bucket to ``remaining`` minus what the ledger says the report left out."""
+    """Sync the bucket to what ``report`` says (None: a refusal that said nothing, so empty)."""
 
-    __slots__ = ("entry", "rate", "remaining")
+    __slots__ = ("entry", "report")
 
-    def __init__(self, entry: _Entry, remaining: float, rate: Any) -> None:
+    def __init__(self, entry: _Entry, report: UpstreamReport | None) -> None:
         self.entry = entry
-        self.remaining = remaining
-        self.rate = rate
+        self.report = report
 
 
 class _Sleep:
@@ -222,6 +222,33 @@ _Flow = Generator[_Step, Any, httpx.Response]
 def _lowers(target: float, snapshot: Snapshot) -> bool:
     """Whether syncing to ``target`` would lower the bucket's balance."""
     return target - snapshot.promised < snapshot.tokens
+
+
+def _limit_of(policies: Sequence[Policy], report: UpstreamReport) -> list[UpstreamReport | None]:
+    """The reported limit that is each bandwidth's, or None where the upstream reported none.
+
+    A limit is a bandwidth's when its refill rate is the bandwidth's (IETF
+    ``RateLimit-Policy`` ``q``/``w``, Keepa's ``refillRate``) or, when it says
+    no rate, when its ``limit`` is the bandwidth's capacity. A bucket of one
+    bandwidth takes the report as it is (the least remaining of several limits).
+    """
+    if len(policies) == 1:
+        return [report]
+    left = [r for r in report.limits or (report,) if r.remaining is not None]
+    found: list[UpstreamReport | None] = []
+    for policy in policies:
+        match = None
+        for r in left:
+            if r.refill_rate is not None:
+                if math.isclose(r.refill_rate.per_second, policy.refill, rel_tol=1e-9):
+                    match = r
+            elif r.limit is not None and math.isclose(r.limit, policy.capacity, rel_tol=1e-9):
+                match = r
+            if match is not None:
+                left.remove(match)
+                break
+        found.append(match)
+    return found
 
 
 class _RateLimitedBase:
@@ -262,19 +289,41 @@ class _RateLimitedBase:
         """The bucket requests are paid from."""
         return self._bucket
 
-    def _sync_target(self, step: _Sync, now: float) -> tuple[float, bool]:
-        """The balance to sync to, and whether the report is complete (no other request here during its life).
+    def _sync_args(self, step: _Sync, started: float, snapshot: Snapshot | None) -> tuple[Any, Any] | None:
+        """``(remaining, rate)`` for `TokenBucket.sync`, or None when there is nothing to sync.
 
-        A complete report is adopted as it is. Otherwise the upstream's balance
-        leaves out the requests it had not processed yet, and may already
-        include some that are still under way here, or miss some that finished
-        since: it is only used to lower the balance (see `_lowers`), counting
-        every other started request as not yet charged.
+        ``snapshot`` is None when the report is complete (no other request here
+        during its life): it is adopted as it is. Otherwise the upstream's
+        balance leaves out the requests it had not processed yet, and may
+        already include some that are still under way here, or miss some that
+        finished since: it is only used to lower the balance (see `_lowers`),
+        counting the ``started`` tokens of every other request as not yet charged.
+        A bucket of several bandwidths syncs each one the upstream reported
+        (see `_limit_of`); a refusal that reported nothing empties every one.
         """
-        started, alone = self._ledger.others(step.entry, now)
-        if alone:
-            return step.remaining, True
-        return step.remaining - started, False
+        policies = self._bucket.policies
+        if step.report is None:
+            found: list[UpstreamReport | None] = [None] * len(policies)
+            remaining: list[float | None] = [0.0] * len(policies)
+        else:
+            found = _limit_of(policies, step.report)
+            remaining = [None if r is None else r.remaining for r in found]
+        bands = (None,) * len(policies) if snapshot is None else snapshot.bandwidths or (snapshot,)
+        targets: list[float | None] = []
+        rates: list[Rate | None] = []
+        for r, left, snap in zip(found, remaining, bands, strict=True):
+            target = None
+            if left is not None:
+                target = left if snap is None else left - started
+                if snap is not None and not _lowers(target, snap):
+                    target = None
+            targets.append(target)
+            rates.append(r.refill_rate if r is not None and target is not None and self.sync_rate else None)
+        if all(t is None for t in targets):
+            return None
+        if len(policies) == 1:
+            return targets[0], rates[0]
+        return targets, rates
 
     def _price(self, request: httpx.Request) -> _Reserve:
         if self._operation is not None:
@@ -321,11 +370,10 @@ class _RateLimitedBase:
             # Only a successful answer says what the operation costs: a refusal or an error
             # (4xx/5xx, often "0 tokens consumed") is charged as reported but teaches the model nothing.
             yield _Finish(entry, grant, actual, response.is_success)
-            rate = report.refill_rate if report is not None and self.sync_rate else None
             if report is not None and report.remaining is not None:
-                yield _Sync(entry, report.remaining, rate)
+                yield _Sync(entry, report)
             elif throttled:
-                yield _Sync(entry, 0.0, rate)  # refused, balance unknown: take it as empty
+                yield _Sync(entry, None)  # refused, balance unknown: take it as empty
             if not throttled:
                 return response
             yield _Close(response)
@@ -398,9 +446,10 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
                     return ledger.end(step.entry)
             if type(step) is _Sync:
                 with ledger.lock:
-                    target, complete = self._sync_target(step, bucket._clock.now())
-                    if complete or _lowers(target, bucket.snapshot()):
-                        bucket.sync(target, rate=step.rate)
+                    started, alone = ledger.others(step.entry, bucket._clock.now())
+                    args = self._sync_args(step, started, None if alone else bucket.snapshot())
+                    if args is not None:
+                        bucket.sync(args[0], rate=args[1])
                     return None
             assert type(step) is _Sleep
             return bucket._clock.sleep(step.seconds)
@@ -457,9 +506,10 @@ class AsyncRateLimitedTransport(_RateLimitedBase, httpx.AsyncBaseTransport):
                     return ledger.end(step.entry)
             if type(step) is _Sync:
                 async with lock:
-                    target, complete = self._sync_target(step, bucket._clock.now())
-                    if complete or _lowers(target, await bucket.snapshot()):
-                        await bucket.sync(target, rate=step.rate)
+                    started, alone = ledger.others(step.entry, bucket._clock.now())
+                    args = self._sync_args(step, started, None if alone else await bucket.snapshot())
+                    if args is not None:
+                        await bucket.sync(args[0], rate=args[1])
                     return None
             assert type(step) is _Sleep
             return await bucket._clock.asleep(step.seconds)

@@ -32,6 +32,12 @@ The bucket lives in the storage the limiter already uses:
 buckets (limits deletes its own keys only); `TokenBucketRateLimiter.clear`
 refills one bucket.
 
+Several limits at once: Flask-Limiter and SlowAPI split ``"10/second;600/hour"``
+into two limits and call ``hit`` once for each, in order, so the first is charged
+when the second refuses (with every strategy). `TokenBucketRateLimiter.hit_all`
+takes the limits together, as the bandwidths of one bucket: all or nothing, in
+one atomic step.
+
 Other storages raise ``NotImplementedError`` when the strategy is built, as
 limits' own strategies do for storages they do not support.
 
@@ -66,7 +72,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
@@ -81,7 +87,7 @@ from .._exceptions import BackendError
 from .._model import Policy, Snapshot
 from .._rate import Rate
 from .._validate import check_cost
-from ..backends import MemoryBackend
+from ..backends import BAND, MemoryBackend
 
 __all__ = [
     "STRATEGY_NAME",
@@ -176,6 +182,24 @@ def _policy_for(item: RateLimitItem) -> Policy | None:
     return _policy(item.amount, float(item.get_expiry()))
 
 
+def _parts(
+    items: Sequence[RateLimitItem], identifiers: tuple[str, ...], cost: float
+) -> list[tuple[str, Policy, float]] | None:
+    """The ``(key, policy, cost)`` of each limit of one bucket of several bandwidths; None if one never admits.
+
+    The bucket is named by every limit's key, so it is its own (it shares no
+    state with `hit` on one of the limits), and its bandwidths' keys share one
+    hash slot on Redis Cluster.
+    """
+    if isinstance(items, RateLimitItem) or not items:
+        raise TypeError("hit_all and test_all take a non-empty sequence of limits (limits.parse_many)")
+    policies = [_policy_for(item) for item in items]
+    if any(policy is None or cost > policy.capacity for policy in policies):
+        return None
+    name = "+".join(item.key_for(*identifiers) for item in items)
+    return [(name if n == 0 else f"{name}{BAND}{n}", policy, cost) for n, policy in enumerate(policies) if policy]
+
+
 def window_stats(snapshot: Snapshot, wall_now: float) -> WindowStats:
     """Describe a bucket the way limits' strategies do.
 
@@ -248,6 +272,26 @@ class _Core:
             return False
         ticket = yield ("reserve", key, policy, c, 0.0, self._now())
         return bool(ticket[0])
+
+    def _hit_all_flow(self, items: Sequence[RateLimitItem], identifiers: tuple[str, ...], cost: int) -> _Flow[bool]:
+        parts = _parts(items, identifiers, check_cost(cost))
+        if parts is None:
+            return False
+        if len(parts) == 1:
+            ticket = yield ("reserve", *parts[0], 0.0, self._now())
+        else:
+            ticket = yield ("reserve_all", parts, 0.0, self._now())
+        return bool(ticket[0])
+
+    def _test_all_flow(self, items: Sequence[RateLimitItem], identifiers: tuple[str, ...], cost: int) -> _Flow[bool]:
+        parts = _parts(items, identifiers, check_cost(cost))
+        if parts is None:
+            return False
+        for key, policy, c in parts:
+            snap: Snapshot = yield ("snapshot", key, policy, self._now())
+            if snap.tokens < c:
+                return False
+        return True
 
     def _test_flow(self, item: RateLimitItem, identifiers: tuple[str, ...], cost: int) -> _Flow[bool]:
         key, policy, c = item.key_for(*identifiers), _policy_for(item), check_cost(cost)
@@ -326,6 +370,27 @@ class TokenBucketRateLimiter(_Core, limits.strategies.RateLimiter):
         """Whether `hit` with ``cost`` would succeed now. Takes nothing."""
         return self._run(self._test_flow(item, identifiers, cost))
 
+    def hit_all(self, items: Sequence[RateLimitItem], *identifiers: str, cost: int = 1) -> bool:
+        """Take ``cost`` from every limit of ``items`` at once, or from none; never blocks.
+
+        ``items`` is a sequence of limits, such as ``limits.parse_many("10/second;600/hour")``.
+        They are the bandwidths of one bucket, in one atomic step (one round trip
+        on Redis, Cluster included): a limit that refuses leaves every other one
+        uncharged, which calling `hit` once per limit cannot promise.
+
+        Returns:
+            True if every limit admitted the request; False (taking nothing) otherwise.
+
+        Raises:
+            TypeError: ``items`` is not a non-empty sequence of limits.
+            tokenbucket.ConfigurationError: ``cost`` is negative or not finite.
+        """
+        return self._run(self._hit_all_flow(items, identifiers, cost))
+
+    def test_all(self, items: Sequence[RateLimitItem], *identifiers: str, cost: int = 1) -> bool:
+        """Whether `hit_all` with ``cost`` would succeed now. Takes nothing."""
+        return self._run(self._test_all_flow(items, identifiers, cost))
+
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         """``(reset_time, remaining)``: see `window_stats`. Takes nothing."""
         return self._run(self._stats_flow(item, identifiers))
@@ -355,6 +420,14 @@ class AsyncTokenBucketRateLimiter(_Core, limits.aio.strategies.RateLimiter):
     async def test(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
         """See `TokenBucketRateLimiter.test`."""
         return await self._arun(self._test_flow(item, identifiers, cost))
+
+    async def hit_all(self, items: Sequence[RateLimitItem], *identifiers: str, cost: int = 1) -> bool:
+        """See `TokenBucketRateLimiter.hit_all`."""
+        return await self._arun(self._hit_all_flow(items, identifiers, cost))
+
+    async def test_all(self, items: Sequence[RateLimitItem], *identifiers: str, cost: int = 1) -> bool:
+        """See `TokenBucketRateLimiter.test_all`."""
+        return await self._arun(self._test_all_flow(items, identifiers, cost))
 
     async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         """See `TokenBucketRateLimiter.get_window_stats`."""
