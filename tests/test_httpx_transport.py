@@ -33,6 +33,7 @@ import pytest
 from tokenbucket import (
     AcquireTimeout,
     AsyncTokenBucket,
+    ConfigurationError,
     CostModel,
     HeaderReconciler,
     MemoryBackend,
@@ -570,3 +571,49 @@ def test_a_bare_429_empties_every_bandwidth() -> None:
     with httpx.Client(transport=transport) as client:
         assert client.get("http://upstream/").status_code == 200
     assert clock.now() == pytest.approx(6.0)  # the retry waited for one token of the hour bandwidth (600/hour)
+
+
+def test_also_pays_a_request_cap_in_the_same_reservation() -> None:
+    """Keepa's tokens and a cap of 2 requests a second, one reservation: the cap spaces the calls out."""
+    clock = ManualClock(0.0)
+    store = MemoryBackend()
+    tokens = TokenBucket("keepa-tokens", "5/minute", capacity=300, overdraft=math.inf, backend=store, clock=clock)
+    cap = TokenBucket("keepa-requests", "2/second", backend=store, clock=clock)
+    sent: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.now())
+        return httpx.Response(200, json=keepa_body(left=300 - 10 * len(sent), consumed=10, rate_per_minute=5))
+
+    transport = RateLimitedTransport(httpx.MockTransport(answer), tokens, cost=10, also=[(cap, 1)])
+    with httpx.Client(transport=transport) as client:
+        for _ in range(5):
+            client.get("http://upstream/")
+    assert sent == [0, 0, pytest.approx(0.5), pytest.approx(1.0), pytest.approx(1.5)]
+    assert tokens.snapshot().tokens == 250  # settled and synced to what the upstream said, as without a cap
+    with pytest.raises(TypeError, match="pairs"):
+        RateLimitedTransport(httpx.MockTransport(answer), tokens, also=[cap])  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError, match="different backends"):
+        RateLimitedTransport(
+            httpx.MockTransport(answer), tokens, also=[(TokenBucket("x", "1/second", backend=MemoryBackend()), 1)]
+        )
+
+
+@pytest.mark.asyncio
+async def test_async_also_refunds_every_bucket_when_cancelled() -> None:
+    clock = ManualClock(0.0, autojump=False)
+    store = MemoryBackend()
+    tokens = AsyncTokenBucket("a-tokens", "1/second", capacity=10, backend=store, clock=clock)
+    cap = AsyncTokenBucket("a-requests", "1/second", capacity=1, initial=0, backend=store, clock=clock)
+    transport = AsyncRateLimitedTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)), tokens, cost=4, also=[(cap, 1)]
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        task = asyncio.ensure_future(client.get("http://upstream/"))
+        await asyncio.sleep(0.01)  # the request waits a second for the cap
+        assert (await tokens.snapshot()).tokens == 5  # 4, and the 1 its full upstream loses in the wait
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert (await tokens.snapshot()).tokens == 10
+    assert (await cap.snapshot()).tokens == 0

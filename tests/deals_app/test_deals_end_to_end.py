@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from deals_app.quota import keepa_policy
+from deals_app.client import KeepaClient
+from deals_app.quota import KeepaQuota, ScaledClock, keepa_policy
 from deals_app.simulator import SimulatorServer
 from deals_app.store import Store
 from deals_testing import API_KEY, keepa_rows
@@ -179,3 +181,55 @@ def test_live_display_and_plain_lines_fit_80_columns_with_the_key_numbers() -> N
         ):
             assert number in text, (number, text)
     assert "starts in 12.5 min" in " ".join(" ".join(display_lines(state)).split())  # wrapped, not cut
+
+
+def _most_in_a_window(times: list[float], window: float) -> int:
+    """The most calls admitted within any ``window`` seconds (two pointers over the sorted times)."""
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while t - times[first] > window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_max_rps_caps_keepa_calls_from_every_thread(make_simulator: Callable[..., SimulatorServer]) -> None:
+    """Four threads share one quota with --max-rps 2: judged by the simulator's own clock of admitted calls,
+    never more than the burst of 2 plus 2 a second (with a second of slack for the loopback's latency at this
+    time scale), and no 429. A plan with plenty of tokens, so the request cap is what binds."""
+    scale = 20.0
+    server = make_simulator(time_scale=scale, refill_rate=3000, backlog_hours=1)
+    clock = ScaledClock(scale)
+    quota = KeepaQuota(keepa_policy(3000), clock=clock, max_rps=2)
+    client = KeepaClient(server.base_url, API_KEY, transport=quota.transport())
+    quota.bucket.sync(client.token_status().tokens_left)
+    threads = [threading.Thread(target=lambda: [client.deals(0) for _ in range(8)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client.close()
+    times = server.admitted_at()
+    assert len(times) == 32
+    for window in (1.0, 5.0, 10.0):
+        assert _most_in_a_window(times, window) <= 2 + 2 * (window + 1.0), (window, times)
+    assert times[-1] - times[0] >= (32 - 2) / 2 - 1.0  # and no faster on average
+    assert server.stats()["keepa_429"] == 0
+
+
+def test_run_takes_max_rps(
+    make_simulator: Callable[..., SimulatorServer], cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    """``deals-app run --max-rps 0.5``: one call every 2 s of the upstream's time, after a burst of 1."""
+    scale = "20"
+    server = make_simulator(time_scale=float(scale), refill_rate=3000, backlog_hours=6)
+    db = tmp_path / "deals.sqlite"
+    args = ["--api-key", API_KEY, "--once", "--time-scale", scale, "--plain", "--db", str(db), "--max-rps", "0.5"]
+    status, _, err = cli("run", "--base-url", server.base_url, *args)
+    assert status == 0, err
+    times = server.admitted_at()
+    assert len(times) >= 5
+    for window in (1.0, 5.0):
+        assert _most_in_a_window(times, window) <= 1 + 0.5 * (window + 1.0), (window, times)
+    assert server.stats()["keepa_429"] == 0
+    assert Store(db).meta("keepa_policy")["max_rps"] == 0.5

@@ -54,6 +54,7 @@ import httpx
 from .._bucket import ESTIMATE, AsyncGrant, AsyncTokenBucket, Grant, TokenBucket
 from .._exceptions import ConfigurationError, PolicyMismatch, UpstreamRateLimited
 from .._flow import adrive, drive
+from .._group import AsyncBucketGroup, BucketGroup
 from .._model import Policy, Snapshot
 from .._rate import Rate
 from .._reconcile import KeepaReconciler, Reconciler, UpstreamReport
@@ -265,9 +266,17 @@ class _RateLimitedBase:
         max_retries: int = 3,
         timeout: float | None = None,
         sync_rate: bool = False,
+        also: Sequence[tuple[Any, float]] = (),
     ) -> None:
         if not callable(cost):
             check_cost(cost)
+        if isinstance(also, (str, bytes)) or not isinstance(also, Sequence):
+            raise TypeError("also must be a sequence of (bucket, cost) pairs")
+        others = []
+        for pair in also:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise TypeError(f"also must be a sequence of (bucket, cost) pairs, not {pair!r}")
+            others.append((pair[0], check_cost(pair[1])))
         if operation is not None and not callable(operation):
             raise TypeError("operation must be a function of the request returning (op, units) or None")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int):
@@ -283,6 +292,11 @@ class _RateLimitedBase:
         self._timeout = check_timeout(timeout)
         self.sync_rate = sync_rate
         self._ledger = _ledger_for(bucket)
+        self._also_costs = tuple(c for _, c in others)
+        self._group: BucketGroup | AsyncBucketGroup | None = None
+        if others:
+            kind = BucketGroup if isinstance(bucket, TokenBucket) else AsyncBucketGroup
+            self._group = kind(bucket, *(b for b, _ in others))  # checks kinds, one backend, one clock
 
     @property
     def bucket(self) -> TokenBucket | AsyncTokenBucket:
@@ -324,6 +338,16 @@ class _RateLimitedBase:
         if len(policies) == 1:
             return targets[0], rates[0]
         return targets, rates
+
+    def _lead(self, reservation: Any, step: _Reserve) -> tuple[Any, _Entry]:
+        """The bucket's own reservation in ``reservation`` (a group's first part), named for the cost model,
+        and its ledger entry."""
+        if self._group is None:
+            return reservation, self._ledger.begin(reservation.cost, reservation.start)
+        lead = reservation.reservations[0]
+        if step.op is not None:
+            lead._op, lead._units = step.op, step.units
+        return reservation, self._ledger.begin(lead.cost, reservation.start)
 
     def _price(self, request: httpx.Request) -> _Reserve:
         if self._operation is not None:
@@ -396,6 +420,11 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
         reconciler: Reads the upstream's report; default `tokenbucket.KeepaReconciler`.
         max_retries: Retries after a 429 before raising `tokenbucket.UpstreamRateLimited`.
         timeout: Longest wait for tokens, in seconds (`tokenbucket.AcquireTimeout` beyond).
+        also: Other buckets every request (every attempt, retries included) also
+            pays from, as ``(bucket, cost)`` pairs: a requests-per-second cap
+            beside a token quota. They are reserved with ``bucket`` in one
+            atomic step (a `tokenbucket.BucketGroup`: all or nothing, on one
+            backend); only ``bucket`` is settled and synced.
         sync_rate: Adopt the refill rate the upstream reports. The bucket's
             stored policy then follows the upstream (see `TokenBucket.reconfigure`),
             and a transport whose bucket meets a stored rate another process
@@ -420,19 +449,27 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
         """Pay for ``request``, send it, and reconcile the bucket with the response."""
         bucket: TokenBucket = self._bucket  # type: ignore[assignment]
         ledger = self._ledger
+        group: BucketGroup | None = self._group  # type: ignore[assignment]
+
+        def reserve(step: _Reserve) -> Any:
+            if group is None:
+                return bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+            cost = bucket._price(step.cost, step.op, step.units)
+            return group.reserve((cost, *self._also_costs), timeout=self._timeout)
 
         def perform(step: _Step) -> Any:
             if type(step) is _Reserve:
                 with ledger.lock:
                     try:
-                        res = bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                        res = reserve(step)
                     except PolicyMismatch as exc:  # another process synced a new upstream rate: follow it
                         if not (self.sync_rate and bucket._follow_rate(exc)):
                             raise
-                        res = bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
-                    return res, ledger.begin(res.cost, res.start)
+                        res = reserve(step)
+                    return self._lead(res, step)
             if type(step) is _Wait:
-                return step.reservation.wait()
+                got = step.reservation.wait()
+                return got.grants[0] if group is not None else got
             if type(step) is _Send:
                 return self._transport.handle_request(step.request)
             if type(step) is _Read:
@@ -480,19 +517,27 @@ class AsyncRateLimitedTransport(_RateLimitedBase, httpx.AsyncBaseTransport):
         bucket: AsyncTokenBucket = self._bucket  # type: ignore[assignment]
         ledger = self._ledger
         lock = ledger.async_lock()
+        group: AsyncBucketGroup | None = self._group  # type: ignore[assignment]
+
+        async def reserve(step: _Reserve) -> Any:
+            if group is None:
+                return await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+            cost = bucket._price(step.cost, step.op, step.units)
+            return await group.reserve((cost, *self._also_costs), timeout=self._timeout)
 
         async def perform(step: _Step) -> Any:
             if type(step) is _Reserve:
                 async with lock:
                     try:
-                        res = await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                        res = await reserve(step)
                     except PolicyMismatch as exc:  # another process synced a new upstream rate: follow it
                         if not (self.sync_rate and bucket._follow_rate(exc)):
                             raise
-                        res = await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
-                    return res, ledger.begin(res.cost, res.start)
+                        res = await reserve(step)
+                    return self._lead(res, step)
             if type(step) is _Wait:
-                return await step.reservation.wait()
+                got = await step.reservation.wait()
+                return got.grants[0] if group is not None else got
             if type(step) is _Send:
                 return await self._transport.handle_async_request(step.request)
             if type(step) is _Read:

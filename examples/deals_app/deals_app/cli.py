@@ -127,6 +127,13 @@ def _add_collector_flags(p: argparse.ArgumentParser, *, db_default: str | None) 
         metavar="MIN",
         help="how far below zero a call may take the balance, in minutes of refill (default 15)",
     )
+    p.add_argument(
+        "--max-rps",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="also cap Keepa calls at N requests a second of the upstream's time, reserved with the tokens",
+    )
     p.add_argument("--lease-ttl", type=_positive, default=30.0, metavar="SEC", help="backfill lease TTL (default 30)")
     p.add_argument(
         "--lease-wait",
@@ -260,7 +267,7 @@ def _collector(
     policy = keepa_policy(first.refill_rate, args.max_debt_minutes)
     # Redis keeps time with its TIME command when the upstream runs at wall speed.
     bucket_clock = None if (args.redis_url and time_scale == 1.0) else clock
-    quota = KeepaQuota(policy, backend=backend, clock=bucket_clock)
+    quota = KeepaQuota(policy, backend=backend, clock=bucket_clock, max_rps=args.max_rps)
     quota.bucket.sync(first.tokens_left)
     store.set_meta(
         "keepa_policy",
@@ -269,6 +276,7 @@ def _collector(
             "capacity": policy.capacity,
             "max_debt": policy.max_debt,
             "min_start": policy.min_start,
+            "max_rps": args.max_rps,
             "time_scale": time_scale,
             "base_url": base_url,
         },

@@ -147,6 +147,13 @@ class KeepaQuota:
             for the backend's own clock.
         costs: The cost model; default a fresh `CostModel` seeded with `PRIORS`.
         name: The bucket's name.
+        max_rps: Also cap Keepa calls at this many requests a second (of the
+            bucket's clock), in the same reservation as the tokens: a second
+            bucket, ``<name>:requests``, holding ``max(1, max_rps)`` requests,
+            reserved with the token bucket in one step (`tokenbucket.BucketGroup`
+            inside the transport), so a call never holds one while the other
+            refuses. None: no cap. On Redis Cluster give ``name`` a hash tag
+            (``"{keepa}"``) so both buckets share a slot.
     """
 
     def __init__(
@@ -157,7 +164,10 @@ class KeepaQuota:
         clock: ScaledClock | None = None,
         costs: CostModel | None = None,
         name: str = "keepa",
+        max_rps: float | None = None,
     ) -> None:
+        if max_rps is not None and not (max_rps > 0 and math.isfinite(max_rps)):
+            raise ValueError(f"max_rps must be a positive number, got {max_rps!r}")
         self.policy = policy
         self.costs = costs if costs is not None else CostModel(prior=PRIORS)
         self.bucket = TokenBucket(
@@ -170,6 +180,15 @@ class KeepaQuota:
             clock=clock,
             cost_model=self.costs,
         )
+        self.requests: TokenBucket | None = None
+        if max_rps is not None:
+            self.requests = TokenBucket(
+                f"{name}:requests",
+                rate=Rate(max_rps),
+                capacity=max(1.0, max_rps),
+                backend=self.bucket.backend,
+                clock=clock,
+            )
         self.planner = BatchPlanner(self.bucket, self.costs, max_cost=policy.max_debt + policy.min_start)
         self.last_plan: BatchPlan | None = None
 
@@ -181,6 +200,7 @@ class KeepaQuota:
             cost=0,  # /token is free; everything else is named by keepa_operation
             operation=keepa_operation,
             max_retries=5,
+            also=[] if self.requests is None else [(self.requests, 1)],
         )
 
     def plan(self, op: str, pending: int, max_per_request: int = 100) -> BatchPlan:

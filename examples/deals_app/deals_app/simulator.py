@@ -173,6 +173,7 @@ class KeepaSimulator:
         self._clock = clock or time.monotonic
         self._t0 = self._clock()
         self._wall0 = time.time()  # `timestamp` is the server's wall clock, as Keepa's is
+        self._admitted: list[float] = []
         self._start_ms = to_unix_ms(_ORIGIN_MINUTE)
         self.catalog = Catalog(
             self.config.seed,
@@ -191,6 +192,14 @@ class KeepaSimulator:
         self._noise = random.Random(f"{self.config.seed}:noise")
 
     # --- time -----------------------------------------------------------------------------------
+
+    def admitted_at(self) -> list[float]:
+        """The simulated second at which each Keepa call that was not refused was admitted, in order.
+
+        What a test judges a client's request rate by, on the upstream's side.
+        """
+        with self._lock:
+            return list(self._admitted)
 
     def elapsed(self) -> float:
         """Simulated seconds since start."""
@@ -320,6 +329,7 @@ class KeepaSimulator:
                 body["error"] = {"type": "tooManyRequests", "message": "not enough tokens"}
                 return Response(429, body)
             self._counters.in_flight += 1
+            self._admitted.append(self.elapsed())
         try:
             if self.config.latency:
                 time.sleep(self.config.latency)
@@ -918,3 +928,7 @@ class SimulatorServer(LocalServer):
     def stats(self) -> dict[str, Any]:
         """The simulator's counters; see `KeepaSimulator.stats`."""
         return self.simulator.stats()
+
+    def admitted_at(self) -> list[float]:
+        """See `KeepaSimulator.admitted_at`."""
+        return self.simulator.admitted_at()
