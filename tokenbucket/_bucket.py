@@ -26,7 +26,7 @@ from ._flow import adrive, drive
 from ._model import Policy, Rates, Snapshot, build_policies, combine, parse_rates, per_rate, refundable
 from ._rate import Rate
 from ._validate import MAX_AMOUNT, check_amount, check_cost, check_name, check_timeout
-from .backends._base import BAND, AsyncBackend, Backend, Ticket
+from .backends._base import BAND, AsyncBackend, Backend, Ticket, band_keys
 from .backends._memory import MemoryBackend
 
 __all__ = ["AsyncGrant", "AsyncReservation", "AsyncTokenBucket", "Grant", "Reservation", "TokenBucket"]
@@ -363,6 +363,9 @@ class _BucketBase(Listened):
         self._backend = backend
         # A store whose operations are coroutines (redis.asyncio) is awaited; any other is called directly.
         self._awaits_store = inspect.iscoroutinefunction(backend.reserve)
+        # One bandwidth on a store called directly: what the plain-ticket fast path needs (the number
+        # of bandwidths never changes after this).
+        self._direct = not self._awaits_store and self._bands is None
         self._clock: Clock = SystemClock() if clock is None else clock
         # A store with a shared clock (Redis TIME) keeps its own time unless the user chose a clock.
         pass_now = clock is not None or not getattr(backend, "server_clock", False)
@@ -376,7 +379,7 @@ class _BucketBase(Listened):
         # The store keys of the bandwidths when there are several (the first is the name); else None.
         self._bands: tuple[str, ...] | None = None
         if len(policies) > 1:
-            self._bands = (self.name, *(f"{self.name}{BAND}{i}" for i in range(2, len(policies) + 1)))
+            self._bands = band_keys(self.name, len(policies))
 
     @property
     def rate(self) -> Rate:
@@ -493,8 +496,7 @@ class _BucketBase(Listened):
             and op is None
             and units == 1
             and self._events is None
-            and not self._awaits_store
-            and self._bands is None
+            and self._direct
         ):
             now = self._stamp()
             ticket: Ticket = self._backend.reserve(self.name, self.policy, cost, None, now)

@@ -233,7 +233,10 @@ class Snapshot:
 
     Attributes:
         tokens: The balance a new request sees: after every reservation.
-        promised: Charged to reservations that have not started yet.
+        promised: Charged to reservations that have not started yet. For a
+            bucket held for another bandwidth or bucket (`reserve_all`), it
+            includes the refill its upstream loses at capacity meanwhile, so
+            the upstream's balance now is ``min(capacity, tokens + promised)``.
         debt: How far below zero the upstream's own balance is:
             ``max(0, -(tokens + promised))``.
         time_to_positive: Seconds until ``tokens`` is back to zero.

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 from .._exceptions import ConfigurationError
 from .._model import Policy, Snapshot
 
-__all__ = ["BAND", "AsyncBackend", "Backend", "ManyTicket", "Ticket", "check_parts"]
+__all__ = ["BAND", "AsyncBackend", "Backend", "ManyTicket", "Ticket", "band_keys", "check_parts"]
 
 Ticket = tuple[bool, float, "int | None"]
 """The reply of ``reserve``: ``(admitted, seconds, rid)``.
@@ -38,6 +38,11 @@ BAND = "\x1f"
 A store that shards keys (Redis Cluster) keeps those keys with ``name``'s, so
 `Backend.reserve_all` can charge every bandwidth in one step.
 """
+
+def band_keys(name: str, count: int) -> tuple[str, ...]:
+    """The keys of the ``count`` bandwidths of bucket ``name``: ``name`` itself, then ``name{BAND}2``, ..."""
+    return (name, *(f"{name}{BAND}{n}" for n in range(2, count + 1)))
+
 
 ManyTicket = tuple[bool, float, "tuple[int | None, ...]"]
 """The reply of ``reserve_all``: ``(admitted, seconds, rids)``, one rid per part when admitted, else ``()``."""

@@ -87,7 +87,8 @@ from .._exceptions import BackendError
 from .._model import Policy, Snapshot
 from .._rate import Rate
 from .._validate import check_cost
-from ..backends import BAND, MemoryBackend
+from ..backends import MemoryBackend
+from ..backends._base import band_keys
 
 __all__ = [
     "STRATEGY_NAME",
@@ -196,8 +197,8 @@ def _parts(
     policies = [_policy_for(item) for item in items]
     if any(policy is None or cost > policy.capacity for policy in policies):
         return None
-    name = "+".join(item.key_for(*identifiers) for item in items)
-    return [(name if n == 0 else f"{name}{BAND}{n}", policy, cost) for n, policy in enumerate(policies) if policy]
+    keys = band_keys("+".join(item.key_for(*identifiers) for item in items), len(policies))
+    return [(key, policy, cost) for key, policy in zip(keys, policies, strict=True) if policy is not None]
 
 
 def window_stats(snapshot: Snapshot, wall_now: float) -> WindowStats:
