@@ -125,6 +125,44 @@ def strict_vs_overdraft() -> Path:
     return _save(fig, "strict-vs-overdraft.svg")
 
 
+def two_bandwidths() -> Path:
+    """One caller as fast as allowed by a burst limit (2/second, 10 at most) and a sustained one (30/minute)."""
+    clock = ManualClock()
+    bucket = TokenBucket(
+        "fig", rate="2/second; 30/minute", capacity=(10, 30), clock=clock, backend=MemoryBackend()
+    )
+    horizon, step = 150.0, 0.25
+    times: list[float] = []
+    levels: list[list[float]] = [[], []]
+    starts: list[float] = []
+    res = bucket.reserve(1)
+    while clock.now() <= horizon:
+        while res.start <= clock.now():
+            res.wait()
+            starts.append(clock.now())
+            res = bucket.reserve(1)
+        times.append(clock.now())
+        for level, band in zip(levels, bucket.snapshot().bandwidths, strict=True):
+            # The upstream's view: the waiting call has not spent yet; while it waits for the other
+            # bandwidth, this one's upstream sits at its capacity (promised includes what it loses there).
+            level.append(min(band.capacity, band.tokens + band.promised))
+        clock.advance(step)
+    fig, (ax, calls) = plt.subplots(2, 1, figsize=(8, 4.8), sharex=True, height_ratios=(3, 2))
+    ax.plot(times, levels[0], color="tab:blue", label="burst bandwidth: 2/second, capacity 10")
+    ax.plot(times, levels[1], color="tab:orange", label="sustained bandwidth: 30/minute, capacity 30")
+    ax.set_ylabel("balance (tokens)")
+    ax.set_title("One caller as fast as allowed: the burst limit binds first, then the sustained one")
+    ax.legend(loc="upper right", frameon=False)
+    calls.step(starts, range(1, len(starts) + 1), where="post", color="black", label=f"calls made: {len(starts)}")
+    calls.plot([0, horizon], [10, 10 + 2 * horizon], color="tab:blue", linestyle=":", label="burst limit alone")
+    calls.plot([0, horizon], [30, 30 + horizon / 2], color="tab:orange", linestyle=":", label="sustained limit alone")
+    calls.set_ylim(0, 30 + horizon / 2 + 10)
+    calls.set_xlabel("seconds")
+    calls.set_ylabel("calls")
+    calls.legend(loc="upper left", frameon=False)
+    return _save(fig, "two-bandwidths.svg")
+
+
 def fairness() -> Path:
     """Small callers that use up the whole refill, and one backfill job of 20 tokens.
 
@@ -301,6 +339,7 @@ FIGURES: dict[str, Callable[[], Path | list[Path]]] = {
     "case-study": case_study,
     "strict-vs-overdraft": strict_vs_overdraft,
     "fairness": fairness,
+    "two-bandwidths": two_bandwidths,
 }
 
 
