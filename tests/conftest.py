@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from redis_servers import SECRET, RedisClusterServers, RedisServer, keys_without_ttl
+from workers import Worker
 
 from tokenbucket import (
     AsyncGrant,
@@ -232,3 +233,12 @@ def redis_backend_factory(
     sync_client.close()
     for backend in async_backends:
         event_loop_for_sync.run_until_complete(backend.aclose())
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Helper processes a test starts (tests/workers.py); killed and closed after it."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.close()

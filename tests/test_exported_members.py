@@ -9,6 +9,7 @@ import tokenbucket.testing
 EXPECTED = [
     "AcquireTimeout",
     "AsyncBucketGroup",
+    "AsyncConcurrencyLimit",
     "AsyncGrant",
     "AsyncGroupGrant",
     "AsyncGroupReservation",
@@ -16,6 +17,7 @@ EXPECTED = [
     "AsyncLeaseLock",
     "AsyncRedisBackend",
     "AsyncReservation",
+    "AsyncSlot",
     "AsyncTokenBucket",
     "BackendError",
     "BatchPlan",
@@ -23,6 +25,7 @@ EXPECTED = [
     "BucketEvent",
     "BucketGroup",
     "Cancelled",
+    "ConcurrencyLimit",
     "ConfigurationError",
     "CostExceedsCapacity",
     "CostModel",
@@ -57,6 +60,7 @@ EXPECTED = [
     "Reservation",
     "Settled",
     "SimulationResult",
+    "Slot",
     "Snapshot",
     "Synced",
     "TimedOut",
@@ -92,6 +96,7 @@ def test_every_exported_name_exists_and_is_public() -> None:
 def test_backends_and_testing_exports() -> None:
     assert sorted(tokenbucket.backends.__all__) == tokenbucket.backends.__all__
     protocols = ["BAND", "AsyncBackend", "Backend", "ManyTicket", "MemoryBackend", "Policy", "Snapshot", "Ticket"]
+    protocols += ["AsyncSlotBackend", "SlotBackend", "SlotReply", "SlotsInfo"]
     for name in [*protocols, "redact_secret", "redact_url"]:
         assert name in tokenbucket.backends.__all__
     assert tokenbucket.testing.__all__ == ["ManualClock"]

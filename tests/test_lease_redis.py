@@ -9,12 +9,8 @@ TTLs are 1-2 s; the only timing assertions are the bounds "freed within TTL
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 from redis_servers import RedisClusterServers, RedisServer, keys_without_ttl
+from workers import Worker
 
 from tokenbucket import (
     AsyncLeaseLock,
@@ -68,51 +65,9 @@ def restart(server: RedisServer, backend: RedisBackend) -> None:
     server.restart()
 
 
-class Worker:
+def lease_worker(mode: str, url: str, prefix: str, name: str, ttl: float, *extra: str) -> Worker:
     """A lease holder in another process (tests/lease_worker.py)."""
-
-    def __init__(self, mode: str, url: str, prefix: str, name: str, ttl: float, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, WORKER, mode, url, prefix, name, str(ttl), *extra],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).parent.parent,
-        )
-
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"worker exited with {self.proc.wait()}"
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text)
-        self.proc.stdin.flush()
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        with_cont = worker.proc.poll() is None
-        if with_cont:
-            worker.signal(signal.SIGCONT)
-        worker.close()
+    return Worker(WORKER, mode, url, prefix, name, str(ttl), *extra)
 
 
 # ------------------------------------------------------------------ the store operations
@@ -268,7 +223,7 @@ class TestHolderFailures:
         self, backend: RedisBackend, redis_server: RedisServer, redis_prefix: str, workers: list[Worker]
     ) -> None:
         ttl = 1.5
-        worker = Worker("hold", redis_server.url, redis_prefix, "backfill", ttl)
+        worker = lease_worker("hold", redis_server.url, redis_prefix, "backfill", ttl)
         workers.append(worker)
         fence = worker.read()["fence"]
         time.sleep(ttl)  # it renews: still held past one TTL
@@ -289,7 +244,7 @@ class TestHolderFailures:
         conn = sqlite3.connect(db)
         conn.execute("CREATE TABLE deals (writer TEXT)")
         conn.commit()
-        worker = Worker("stale", redis_server.url, redis_prefix, "backfill", ttl, str(db))
+        worker = lease_worker("stale", redis_server.url, redis_prefix, "backfill", ttl, str(db))
         workers.append(worker)
         old_fence = worker.read()["fence"]
         worker.signal(signal.SIGSTOP)
@@ -313,7 +268,7 @@ class TestHolderFailures:
         self, backend: RedisBackend, redis_server: RedisServer, redis_prefix: str, workers: list[Worker]
     ) -> None:
         ttl = 1.5
-        worker = Worker("hang", redis_server.url, redis_prefix, "backfill", ttl)
+        worker = lease_worker("hang", redis_server.url, redis_prefix, "backfill", ttl)
         workers.append(worker)
         fence = worker.read()["fence"]
         acquired = time.monotonic()
@@ -381,7 +336,7 @@ def test_contending_processes_never_overlap(
     processes, rounds = 4, 6
     ledger = tmp_path / "ledger.txt"
     for _ in range(processes):
-        workers.append(Worker("contend", redis_server.url, redis_prefix, "shared", 2.0, str(rounds), str(ledger)))
+        workers.append(lease_worker("contend", redis_server.url, redis_prefix, "shared", 2.0, str(rounds), str(ledger)))
     for worker in workers:
         assert worker.read() == {"done": rounds}
     lines = [line.split() for line in ledger.read_text().splitlines()]

@@ -64,6 +64,7 @@ from ._reconcile import (
 )
 from ._simulation import JobResult, JobSpec, SimulationResult, simulate
 from ._singleton import singleton
+from ._slots import AsyncConcurrencyLimit, AsyncSlot, ConcurrencyLimit, Slot
 from .backends import AsyncRedisBackend, MemoryBackend, RedisBackend
 
 __version__ = "0.1.0"
@@ -71,6 +72,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AcquireTimeout",
     "AsyncBucketGroup",
+    "AsyncConcurrencyLimit",
     "AsyncGrant",
     "AsyncGroupGrant",
     "AsyncGroupReservation",
@@ -78,6 +80,7 @@ __all__ = [
     "AsyncLeaseLock",
     "AsyncRedisBackend",
     "AsyncReservation",
+    "AsyncSlot",
     "AsyncTokenBucket",
     "BackendError",
     "BatchPlan",
@@ -85,6 +88,7 @@ __all__ = [
     "BucketEvent",
     "BucketGroup",
     "Cancelled",
+    "ConcurrencyLimit",
     "ConfigurationError",
     "CostExceedsCapacity",
     "CostModel",
@@ -119,6 +123,7 @@ __all__ = [
     "Reservation",
     "Settled",
     "SimulationResult",
+    "Slot",
     "Snapshot",
     "Synced",
     "TimedOut",

@@ -9,6 +9,8 @@ Buckets and leases on Redis, seen and repaired from a shell:
     tokenbucket locks ls                           # every lease held (SCAN, never KEYS)
     tokenbucket locks inspect backfill_deals       # who holds it, since when, until when
     tokenbucket locks break backfill_deals --expect-fence 1795872303222
+    tokenbucket slots ls restrictions              # who holds a concurrency limit's slots, how many wait
+    tokenbucket slots break restrictions --expect-fence 1795872303230
     tokenbucket simulate --rate 5/minute ...       # what-if, in virtual time (no Redis)
 
 The server is ``--url`` or ``$TOKENBUCKET_REDIS_URL`` (any node of a Redis
@@ -365,6 +367,47 @@ def _cmd_locks_break(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_slots_ls(args: argparse.Namespace, out: TextIO) -> int:
+    backend = _backend(args)
+    try:
+        found = backend.slot_inspect(args.name)
+    finally:
+        backend.close()
+    if found.limit == 0:
+        lines = [f"concurrency limit {args.name!r}: no slot held, nobody waiting"]
+    else:
+        lines = [
+            f"concurrency limit {args.name!r}: {len(found.holders)} of {found.limit} slots held, "
+            f"{found.waiting} waiting",
+            f"{'FENCE':>15}  {'HOLDER':<36} {'SINCE':<19}  {'EXPIRES':>8}  RENEWALS",
+        ]
+        for info in found.holders:
+            o = info.owner
+            holder = f"{o.host} pid {o.pid} task={o.task}"
+            lines.append(
+                f"{info.fence:>15}  {holder:<36} {_when(info.acquired):<19}  "
+                f"{_duration(info.expires_in):>8}  {info.renewals}"
+            )
+    _emit(out, args, found.as_dict(), lines)
+    return 0
+
+
+def _cmd_slots_break(args: argparse.Namespace, out: TextIO) -> int:
+    backend = _backend(args)
+    try:
+        ok, info = backend.slot_break(args.name, args.expect_fence)
+    finally:
+        backend.close()
+    if not ok or info is None:
+        raise CommandError(
+            f"concurrency limit {args.name!r} has no slot with fence {args.expect_fence}; nothing was broken "
+            "(run slots ls again)"
+        )
+    lines = [f"broke the slot of {args.name!r} with fence {info.fence}, {info.describe()}; waiters were woken"]
+    _emit(out, args, {"broken": True, **info.as_dict()}, lines)
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -392,7 +435,7 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tokenbucket`` parser (``status``, ``watch``, ``sync``, ``reconfigure``, ``locks``, ``simulate``)."""
+    """The ``tokenbucket`` parser (status, watch, sync, reconfigure, locks, slots, simulate)."""
     parser = argparse.ArgumentParser(
         prog="tokenbucket", description="Inspect and repair tokenbucket buckets and leases on Redis."
     )
@@ -437,6 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
     brk.add_argument("name", help="the lease's name")
     brk.add_argument("--expect-fence", type=int, required=True, help="the fence shown by inspect")
     brk.set_defaults(handler=_cmd_locks_break)
+
+    slots = commands.add_parser("slots", help="concurrency limits: ls, break")
+    slot_commands = slots.add_subparsers(dest="slots_command", required=True, metavar="SLOTS_COMMAND")
+    sls = slot_commands.add_parser("ls", parents=[common], help="who holds the slots of a limit, how many wait")
+    sls.add_argument("name", help="the concurrency limit's name")
+    sls.set_defaults(handler=_cmd_slots_ls)
+    sbrk = slot_commands.add_parser(
+        "break", parents=[common], help="free one slot, only if its fence is the one ls showed"
+    )
+    sbrk.add_argument("name", help="the concurrency limit's name")
+    sbrk.add_argument("--expect-fence", type=int, required=True, help="the fence shown by slots ls")
+    sbrk.set_defaults(handler=_cmd_slots_break)
 
     simulate = _simulate_module()
     if simulate is not None:

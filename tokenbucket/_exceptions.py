@@ -175,9 +175,10 @@ class LeaseError(TokenBucketError):
 
 
 class NotAcquired(LeaseError):
-    """The lease is held by someone else (and waiting was not allowed or timed out).
+    """The lease is held by someone else, or every slot of a `ConcurrencyLimit` is taken
+    (and waiting was not allowed or timed out).
 
-    The message says who holds it and when it expires.
+    The message says who holds the lease and when it expires, or how many wait for a slot.
 
     Attributes:
         holder: The holder's `tokenbucket.backends.LeaseInfo` as last seen, or None.

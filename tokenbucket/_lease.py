@@ -61,12 +61,16 @@ _WAKE_SLACK = 0.005
 
 
 class _Wait:
-    """A flow wants to wait until ``name`` is released or ``seconds`` pass."""
+    """A flow wants to wait, with the store's ``method(*args, seconds)``, until woken or ``seconds`` pass.
 
-    __slots__ = ("name", "seconds")
+    ``lease_wait(name)`` wakes on a release; ``slot_wait(name, token)`` when the waiter may be served.
+    """
 
-    def __init__(self, name: str, seconds: float) -> None:
-        self.name = name
+    __slots__ = ("args", "method", "seconds")
+
+    def __init__(self, method: str, args: tuple[str, ...], seconds: float) -> None:
+        self.method = method
+        self.args = args
         self.seconds = seconds
 
 
@@ -83,7 +87,7 @@ def _drive(lock: _LockBase[Any], flow: _Flow[_T]) -> _T:
             if lock._custom_clock:
                 clock.sleep(op.seconds)
                 return False
-            return backend.lease_wait(op.name, op.seconds)
+            return getattr(backend, op.method)(*op.args, op.seconds)
         return getattr(backend, op.method)(*op.args)
 
     return drive(flow, perform)
@@ -93,7 +97,7 @@ async def _adrive(lock: _LockBase[Any], flow: _Flow[_T]) -> _T:
     """Drive a flow with awaits; a sync store (memory) is called directly and waited on without blocking."""
     backend = lock._backend
     clock = lock._clock
-    is_async = inspect.iscoroutinefunction(backend.lease_acquire)
+    is_async = inspect.iscoroutinefunction(getattr(backend, lock._needs))
 
     async def perform(op: _Call | _Wait) -> Any:
         if isinstance(op, _Wait):
@@ -101,10 +105,11 @@ async def _adrive(lock: _LockBase[Any], flow: _Flow[_T]) -> _T:
                 await clock.asleep(op.seconds)
                 return False
             if is_async:
-                return await backend.lease_wait(op.name, op.seconds)
-            if hasattr(backend, "lease_wait_async"):
-                return await backend.lease_wait_async(op.name, op.seconds)
-            return await asyncio.to_thread(backend.lease_wait, op.name, op.seconds)
+                return await getattr(backend, op.method)(*op.args, op.seconds)
+            if hasattr(backend, op.method + "_async"):
+                return await getattr(backend, op.method + "_async")(*op.args, op.seconds)
+            wait: Callable[..., bool] = getattr(backend, op.method)
+            return await asyncio.to_thread(wait, *op.args, op.seconds)
         result = getattr(backend, op.method)(*op.args)
         return (await result) if is_async else result
 
@@ -253,7 +258,7 @@ class _LeaseBase:
         if ttl is None:
             return False
         try:
-            ok, info = yield _Call("lease_renew", self.name, self._token, ttl)
+            ok, info = yield _Call(self._lock._renew_op, self.name, self._token, ttl)
         except BackendError as exc:
             with self._mutex:
                 suspend = self._state == "held"
@@ -302,9 +307,9 @@ class _LeaseBase:
         if not was_held:
             # Lost already; still remove the key in case it is ours after all (token-checked).
             with contextlib.suppress(BackendError):
-                yield _Call("lease_release", self.name, self._token)
+                yield _Call(self._lock._release_op, self.name, self._token)
             return False
-        ok: bool = yield _Call("lease_release", self.name, self._token)
+        ok: bool = yield _Call(self._lock._release_op, self.name, self._token)
         if ok:
             self._lock._emit("released", self.fence, self._info.owner, "")
         else:
@@ -509,6 +514,11 @@ class _LockBase(Listened, Generic[_L]):
     _backend: Any
     _lease_class: type[_L]
     on_lost: Callable[[_L], object] | None
+    _needs = "lease_acquire"
+    """A method the store must have (and whether it is a coroutine function says sync or asyncio)."""
+    _protocol = "tokenbucket.backends.LeaseBackend"
+    _renew_op = "lease_renew"
+    _release_op = "lease_release"
 
     def __init__(
         self,
@@ -529,10 +539,8 @@ class _LockBase(Listened, Generic[_L]):
         self.max_hold = None if max_hold is None else check_positive("max_hold", max_hold)
         if backend is None:
             backend = _DEFAULT_BACKEND
-        elif not callable(getattr(backend, "lease_acquire", None)):
-            raise TypeError(
-                f"backend must implement tokenbucket.backends.LeaseBackend, not {type(backend).__name__}"
-            )
+        elif not callable(getattr(backend, self._needs, None)):
+            raise TypeError(f"backend must implement {self._protocol}, not {type(backend).__name__}")
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock must have now(), sleep() and asleep(), not {type(clock).__name__}")
         if on_lost is not None and not callable(on_lost):
@@ -618,7 +626,7 @@ class _LockBase(Listened, Generic[_L]):
             if left <= 0:
                 raise _not_acquired(self.name, info, clock.now() - started)
             held_for = info.expires_in + _WAKE_SLACK if info is not None else _WAKE_SLACK
-            yield _Wait(self.name, min(left, held_for))
+            yield _Wait("lease_wait", (self.name,), min(left, held_for))
 
 
 class LeaseLock(_LockBase[Lease]):

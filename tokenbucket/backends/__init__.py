@@ -13,11 +13,13 @@ from ._lease_base import AsyncLeaseBackend, LeaseBackend, LeaseInfo, LeaseOwner,
 from ._memory import MemoryBackend
 from ._redis import AsyncRedisBackend, RedisBackend
 from ._redis_errors import redact_secret, redact_url
+from ._slot_base import AsyncSlotBackend, SlotBackend, SlotReply, SlotsInfo
 
 __all__ = [
     "AsyncBackend",
     "AsyncLeaseBackend",
     "AsyncRedisBackend",
+    "AsyncSlotBackend",
     "BAND",
     "Backend",
     "LeaseBackend",
@@ -28,6 +30,9 @@ __all__ = [
     "MemoryBackend",
     "Policy",
     "RedisBackend",
+    "SlotBackend",
+    "SlotReply",
+    "SlotsInfo",
     "Snapshot",
     "Ticket",
     "redact_secret",

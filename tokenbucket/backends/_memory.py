@@ -13,6 +13,7 @@ from .._exceptions import PolicyMismatch
 from .._model import BucketState, Policy, Snapshot, try_take
 from ._base import ManyTicket, Ticket, check_parts
 from ._memory_lease import MemoryLeaseStore
+from ._memory_slots import MemorySlotStore
 
 __all__ = ["MemoryBackend"]
 
@@ -38,7 +39,7 @@ class _Slot:
         self.pending = state.pending
 
 
-class MemoryBackend(MemoryLeaseStore):
+class MemoryBackend(MemoryLeaseStore, MemorySlotStore):
     """Bucket state in this process: safe across threads and asyncio tasks.
 
     Any number of keys may be used. A bucket that is full, has no waiting
@@ -55,7 +56,8 @@ class MemoryBackend(MemoryLeaseStore):
 
     It also keeps leases for `tokenbucket.LeaseLock` and
     `tokenbucket.AsyncLeaseLock` (it implements
-    `tokenbucket.backends.LeaseBackend`; see ``_memory_lease.MemoryLeaseStore``).
+    `tokenbucket.backends.LeaseBackend`; see ``_memory_lease.MemoryLeaseStore``)
+    and the slots of `tokenbucket.ConcurrencyLimit` (`tokenbucket.backends.SlotBackend`).
 
     Args:
         clock: Reads the time when a front end passes ``now=None``;
@@ -71,6 +73,7 @@ class MemoryBackend(MemoryLeaseStore):
         self._ids = itertools.count(1)
         self._sweep_at = 1024
         self._init_leases()
+        self._init_slots()
 
     def __len__(self) -> int:
         """The number of buckets held right now."""

@@ -32,6 +32,7 @@ from .._validate import check_nonnegative, check_positive
 from ._base import BAND, ManyTicket, Ticket, check_parts
 from ._redis_errors import describe_server, map_redis_errors, unreachable
 from ._redis_lease import AsyncRedisLeaseStore, RedisLeaseStore
+from ._redis_slots import AsyncRedisSlotStore, RedisSlotStore
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -487,7 +488,7 @@ def _describe(reply: Any, policy: Policy) -> Snapshot:
     return describe(float(tokens), float(promised), policy)
 
 
-class RedisBackend(RedisLeaseStore, _RedisCommon):
+class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
     """Bucket state in Redis, shared by every thread, process and host that uses it.
 
     Build it from a URL or around a client you configured:
@@ -870,7 +871,7 @@ class RedisBackend(RedisLeaseStore, _RedisCommon):
         return _describe(reply, policy)
 
 
-class AsyncRedisBackend(AsyncRedisLeaseStore, _RedisCommon):
+class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon):
     """The asyncio twin of `RedisBackend`, on a ``redis.asyncio`` client, for `tokenbucket.AsyncTokenBucket`.
 
     The same scripts, keys, arguments and guarantees; every operation is
