@@ -233,3 +233,21 @@ def test_run_takes_max_rps(
         assert _most_in_a_window(times, window) <= 1 + 0.5 * (window + 1.0), (window, times)
     assert server.stats()["keepa_429"] == 0
     assert Store(db).meta("keepa_policy")["max_rps"] == 0.5
+
+
+def test_restriction_checks_never_exceed_the_concurrency_limit(
+    make_simulator: Callable[..., SimulatorServer], cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    """Four workers check restrictions under a limit of 2: the simulator, counting requests in flight on its
+    side, never sees more than 2 at once, and sees 2 (the limit is what binds)."""
+    server = make_simulator(time_scale=1200.0, refill_rate=20, backlog_hours=2, latency=0.01)
+    db = tmp_path / "deals.sqlite"
+    args = ["--api-key", API_KEY, "--sp-base-url", server.base_url, "--sp-token", API_KEY, "--once"]
+    args += ["--db", str(db), "--time-scale", "1200", "--plain", "--sp-concurrency", "2"]
+    status, _, err = cli("run", "--base-url", server.base_url, *args)
+    assert status == 0, err
+    stats = server.stats()
+    counts = Store(db).counts()
+    assert counts.restrictions == counts.deals > 0
+    assert stats["sp_max_in_flight"] == 2
+    assert stats["sp_429"] == 0

@@ -134,6 +134,13 @@ def _add_collector_flags(p: argparse.ArgumentParser, *, db_default: str | None) 
         metavar="N",
         help="also cap Keepa calls at N requests a second of the upstream's time, reserved with the tokens",
     )
+    p.add_argument(
+        "--sp-concurrency",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="SP-API restriction checks in flight at once, across every collector on the backend (default 2)",
+    )
     p.add_argument("--lease-ttl", type=_positive, default=30.0, metavar="SEC", help="backfill lease TTL (default 30)")
     p.add_argument(
         "--lease-wait",
@@ -295,7 +302,12 @@ def _collector(
         sp_bucket = TokenBucket("sp-restrictions", rate="5/second", capacity=10, backend=backend, clock=bucket_clock)
         sp_transport = RateLimitedTransport(httpx.HTTPTransport(), sp_bucket, cost=1, reconciler=HeaderReconciler())
         restrictions = RestrictionClient(sp_base_url, sp_token, timeout=timeout, transport=sp_transport)
-    settings = JobSettings(poll_seconds=args.poll, lease_ttl=args.lease_ttl, lease_wait=args.lease_wait)
+    settings = JobSettings(
+        poll_seconds=args.poll,
+        lease_ttl=args.lease_ttl,
+        lease_wait=args.lease_wait,
+        sp_concurrency=args.sp_concurrency,
+    )
     return Collector(
         keepa,
         quota,

@@ -7,7 +7,8 @@
   lease's fence) in the same transaction as the data, so a crash resumes where
   it stopped and a stale holder can never move the checkpoint.
 * `Collector.check_restrictions`: per-ASIN SP-API restriction checks on their
-  own bucket (5 a second, burst 10).
+  own bucket (5 a second, burst 10), at most ``sp_concurrency`` in flight under
+  a `tokenbucket.ConcurrencyLimit` shared by every collector on the backend.
 
 Every Keepa call goes through tokenbucket's rate-limited httpx transport on one
 bucket (acquire the estimate, call, settle, sync; see `deals_app.quota`), so the
@@ -20,10 +21,11 @@ import random
 import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenbucket import LeaseLost
+from tokenbucket import ConcurrencyLimit, LeaseLost
 
 from .client import AppError, KeepaClient, KeyRefused, RestrictionClient, SpQuotaExceeded
 from .leases import LeaseHeld, backfill_lease
@@ -52,6 +54,8 @@ class JobSettings:
         lease_wait: Longest wall-clock wait for the backfill lease each pass.
         retry_after: Upstream seconds before a failed job's first retry; each failure in a row doubles it
             (with jitter), up to ``poll_seconds``.
+        sp_concurrency: SP-API restriction checks in flight at once, across every collector sharing the
+            backend (a `tokenbucket.ConcurrencyLimit`); the job runs twice as many workers, so the limit binds.
     """
 
     recent_days: int = 90
@@ -63,6 +67,7 @@ class JobSettings:
     lease_ttl: float = 30.0
     lease_wait: float = 1.0
     retry_after: float = 10.0
+    sp_concurrency: int = 2
 
 
 @dataclass(slots=True)
@@ -118,6 +123,15 @@ class Collector:
         self.settings = settings or JobSettings()
         self.stats = JobStats()
         self.debug = debug
+        # Restriction checks in flight, across every collector on the backend; each slot is a lease, so a
+        # crashed collector's slots come back within the TTL.
+        self.sp_slots = ConcurrencyLimit(
+            "sp-restrictions",
+            limit=self.settings.sp_concurrency,
+            ttl=self.settings.lease_ttl,
+            backend=lease_backend,
+            task="restrictions",
+        )
         self._threads: list[threading.Thread] = []
 
     # --- the jobs: one pass each ----------------------------------------------------------------
@@ -208,24 +222,35 @@ class Collector:
             if not asins:
                 break
             results = []
-            for asin in asins:
-                if self.stop.is_set():
-                    break
-                self.stats.activity["restrictions"] = f"checking {asin}"
-                try:
-                    reasons = self.restrictions.check(asin)
-                except SpQuotaExceeded:
-                    # The transport already waited and retried through the bucket; back off once more.
-                    self.stats.sp_retries += 1
-                    self.clock.sleep(1.0)
-                    break
-                results.append((asin, reasons))
+            workers = 2 * self.settings.sp_concurrency
+            with ThreadPoolExecutor(workers, thread_name_prefix="restrictions") as pool:
+                checks = [pool.submit(self._check_one, asin) for asin in asins]
+                for check in checks:
+                    try:
+                        found = check.result()
+                    except SpQuotaExceeded:
+                        # The transport already waited and retried through the bucket; back off once more.
+                        self.stats.sp_retries += 1
+                        continue
+                    if found is not None:
+                        results.append(found)
+            if len(results) < len(asins) and not self.stop.is_set():
+                self.clock.sleep(1.0)
             self.store.save_restrictions(results)
             self.stats.restriction_checks += len(results)
             done += len(results)
         if not self.stop.is_set():
             self.stats.activity["restrictions"] = "idle: every deal checked"
         return done
+
+    def _check_one(self, asin: str) -> tuple[str, list[dict[str, Any]]] | None:
+        """One restriction check, holding one of the limit's slots; None once the collector stops."""
+        assert self.restrictions is not None
+        if self.stop.is_set():
+            return None
+        with self.sp_slots.slot():
+            self.stats.activity["restrictions"] = f"checking {asin}"
+            return asin, self.restrictions.check(asin)
 
     # --- running --------------------------------------------------------------------------------
 

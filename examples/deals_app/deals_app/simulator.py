@@ -156,6 +156,8 @@ class Counters:
     sp_requests: int = 0
     sp_429: int = 0
     in_flight: int = 0
+    sp_in_flight: int = 0
+    sp_max_in_flight: int = 0
 
 
 class KeepaSimulator:
@@ -267,6 +269,7 @@ class KeepaSimulator:
                 "sp_requests": c.sp_requests,
                 "sp_429": c.sp_429,
                 "in_flight": c.in_flight,
+                "sp_max_in_flight": c.sp_max_in_flight,
                 "tokens_left": self._tokens,
                 "refill_rate": self.config.refill_rate,
                 "capacity": self._capacity,
@@ -576,6 +579,15 @@ class KeepaSimulator:
                 self._counters.sp_429 += 1
                 return Response(429, _sp_error("QuotaExceeded", "You exceeded your quota for the requested resource."))
             self._sp_tokens -= 1
+            c = self._counters
+            c.sp_in_flight += 1
+            c.sp_max_in_flight = max(c.sp_max_in_flight, c.sp_in_flight)
+        try:
+            if self.config.latency:
+                time.sleep(self.config.latency)
+        finally:
+            with self._lock:
+                self._counters.sp_in_flight -= 1
         asin = query["asin"]
         roll = random.Random(f"{self.config.seed}:restriction:{asin}").random()
         reasons: list[dict[str, Any]] = []
