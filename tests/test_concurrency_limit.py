@@ -247,6 +247,8 @@ def test_bad_arguments_are_refused() -> None:
         ConcurrencyLimit("x", limit=1, ttl=None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="SlotBackend"):
         ConcurrencyLimit("x", limit=1, ttl=1, backend=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="use AsyncConcurrencyLimit"):
+        ConcurrencyLimit("x", limit=1, ttl=1, backend=AsyncRedisBackend.from_url("redis://localhost:1/0"))
     limit = ConcurrencyLimit("x", limit=1, ttl=1, backend=MemoryBackend())
     with pytest.raises(TypeError, match=r"limit\.slot"), limit:
         pass

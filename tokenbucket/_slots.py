@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import math
 import secrets
 import threading
@@ -80,6 +81,7 @@ class _LimitBase(_LockBase[Any]):
     """What the sync and asyncio limits share: the configuration and the acquire flow."""
 
     _needs = "slot_acquire"
+    _accepts_async = True
     _protocol = "tokenbucket.backends.SlotBackend"
     _renew_op = "slot_renew"
     _release_op = "slot_release"
@@ -113,6 +115,11 @@ class _LimitBase(_LockBase[Any]):
             listeners=listeners,
         )
         self.limit = checked
+        if not self._accepts_async and inspect.iscoroutinefunction(self._backend.slot_acquire):
+            raise TypeError(
+                f"{type(self).__name__} needs a blocking store, and {type(self._backend).__name__} is for "
+                "asyncio: use AsyncConcurrencyLimit with it"
+            )
 
     def __repr__(self) -> str:
         return (
@@ -220,6 +227,7 @@ class ConcurrencyLimit(_LimitBase):
 
     _backend: SlotBackend
     _lease_class = Slot
+    _accepts_async = False
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> Slot:
         """Wait in line for a slot and return it (with the heartbeat running).
