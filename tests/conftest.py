@@ -242,3 +242,11 @@ def workers() -> Iterator[list[Worker]]:
     yield started
     for worker in started:
         worker.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Any:
+    """A fresh sync bucket store: in memory, or on the suite's private Redis server."""
+    if request.param == "memory":
+        return MemoryBackend()
+    return request.getfixturevalue("redis_backend_factory")("sync")

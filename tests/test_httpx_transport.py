@@ -617,3 +617,24 @@ async def test_async_also_refunds_every_bucket_when_cancelled() -> None:
             await task
     assert (await tokens.snapshot()).tokens == 10
     assert (await cap.snapshot()).tokens == 0
+
+
+def test_a_transport_waits_in_its_lane() -> None:
+    clock = ManualClock(0.0)
+    bucket = TokenBucket(
+        "laned", "1/second", capacity=10, lanes={"urgent": 0, "bulk": 4}, backend=MemoryBackend(), clock=clock
+    )
+    ok = httpx.MockTransport(lambda request: httpx.Response(200))
+    bulk = RateLimitedTransport(ok, bucket, cost=6, lane="bulk", reconciler=HeaderReconciler())
+    urgent = RateLimitedTransport(ok, bucket, cost=4, lane="urgent", reconciler=HeaderReconciler())
+    with httpx.Client(transport=bulk) as client:
+        client.get("http://upstream/")
+    assert clock.now() == 0  # 10 - 6 leaves the 4 held back
+    with httpx.Client(transport=urgent) as client:
+        client.get("http://upstream/")
+    assert clock.now() == 0  # urgent work takes the held-back tokens at once
+    with pytest.raises(ConfigurationError, match="no lane 'batch'"):
+        RateLimitedTransport(ok, bucket, lane="batch")
+    other = TokenBucket("other", "1/second", backend=bucket.backend, clock=clock)
+    with pytest.raises(ConfigurationError, match="cannot be combined"):
+        RateLimitedTransport(ok, bucket, lane="bulk", also=[(other, 1)])

@@ -39,14 +39,6 @@ from tokenbucket._model import BucketState, Policy
 from tokenbucket.testing import ManualClock
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Any:
-    """A fresh sync backend: in memory, or on the suite's private Redis server (with the test's virtual clock)."""
-    if request.param == "memory":
-        return MemoryBackend()
-    return request.getfixturevalue("redis_backend_factory")("sync")
-
-
 def manual() -> ManualClock:
     return ManualClock(0.0, autojump=False)
 

@@ -13,7 +13,7 @@ import inspect
 import math
 import threading
 import warnings
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from . import _events
@@ -23,7 +23,17 @@ from ._events import Listened, Listener
 from ._exceptions import AcquireTimeout, ConfigurationError, PolicyMismatch, TokenBucketError
 from ._flow import Call as _Call
 from ._flow import adrive, drive
-from ._model import Policy, Rates, Snapshot, build_policies, combine, parse_rates, per_rate, refundable
+from ._model import (
+    Policy,
+    Rates,
+    Snapshot,
+    build_policies,
+    combine,
+    lane_max_cost,
+    parse_rates,
+    per_rate,
+    refundable,
+)
 from ._rate import Rate
 from ._validate import MAX_AMOUNT, check_amount, check_cost, check_name, check_timeout
 from .backends._base import BAND, AsyncBackend, Backend, Ticket, band_keys
@@ -346,11 +356,13 @@ class _BucketBase(Listened):
         clock: Clock | None,
         cost_model: CostModel | None,
         listeners: Iterable[Listener],
+        lanes: Mapping[str, float] | None = None,
     ) -> None:
         self.name = check_name(name)
         if BAND in self.name:
             raise ConfigurationError(f"bucket name {name!r} must not contain {BAND!r}: it names a bucket's bandwidths")
         self._set_policies(build_policies(rate, capacity, overdraft, min_start, initial))
+        self._lanes = self._check_lanes(lanes)
         if cost_model is not None and not isinstance(cost_model, CostModel):
             raise TypeError(f"cost_model must be a tokenbucket.CostModel, not {type(cost_model).__name__}")
         self._cost_model = cost_model
@@ -372,6 +384,49 @@ class _BucketBase(Listened):
         self._stamp: Callable[[], float | None] = self._clock.now if pass_now else _no_time
         self._init_listeners(listeners)
         self._in_debt = False
+
+    def _check_lanes(self, lanes: Mapping[str, float] | None) -> dict[str, float]:
+        """The lanes, validated: each name with the tokens held back from it."""
+        if lanes is None:
+            return {}
+        if not isinstance(lanes, Mapping):
+            raise TypeError(f"lanes must map lane names to the tokens held back from them, not {type(lanes).__name__}")
+        if lanes and self._bands is not None:
+            raise ConfigurationError("lanes need a bucket of one bandwidth")
+        checked: dict[str, float] = {}
+        for lane, hold in lanes.items():
+            if not isinstance(lane, str) or not lane:
+                raise ConfigurationError(f"a lane's name must be a non-empty string, not {lane!r}")
+            value = check_amount(f"lanes[{lane!r}]", hold)
+            if value < 0:
+                raise ConfigurationError(f"lanes[{lane!r}] must be zero or more tokens, got {hold!r}")
+            if lane_max_cost(self.policy, value) < 0:
+                raise ConfigurationError(
+                    f"lane {lane!r} holds back {value:g} tokens: with capacity {self.policy.capacity:g} "
+                    "no request of it could ever start"
+                )
+            checked[lane] = float(value)
+        return checked
+
+    @property
+    def lanes(self) -> dict[str, float]:
+        """Each lane's name with the tokens held back from it for more urgent lanes (empty: no lanes)."""
+        return dict(self._lanes)
+
+    def _hold(self, lane: str) -> float:
+        hold = self._lanes.get(lane)
+        if hold is None:
+            known = ", ".join(repr(n) for n in self._lanes) or "none"
+            raise ConfigurationError(f"bucket {self.name!r} has no lane {lane!r} (its lanes: {known})")
+        return hold
+
+    def _reserve_call(self, c: float, wait: float | None, lane: str | None) -> _Call:
+        """The store call that reserves ``c``: in a lane, over the bandwidths, or plain."""
+        if lane is not None:
+            return _Call("reserve_lane", self.name, self.policy, c, self._hold(lane), wait, self._now())
+        if self._bands is None:
+            return _Call("reserve", self.name, self.policy, c, wait, self._now())
+        return _Call("reserve_all", self._items(c), wait, self._now())
 
     def _set_policies(self, policies: tuple[Policy, ...]) -> None:
         self.policies = policies
@@ -525,16 +580,18 @@ class _BucketBase(Listened):
         return estimate if cost is ESTIMATE or cost is None else check_cost(cost)
 
     def _reserve_flow(
-        self, cost: float | None, timeout: float | None, op: str | None = None, units: float = 1
+        self,
+        cost: float | None,
+        timeout: float | None,
+        op: str | None = None,
+        units: float = 1,
+        lane: str | None = None,
     ) -> _Flow[Any]:
         c = self._price(cost, op, units)
         wait = check_timeout(timeout)
         asked = self._clock.now() if wait else 0.0
         rid: _Rid
-        if self._bands is None:
-            admitted, seconds, rid = yield _Call("reserve", self.name, self.policy, c, wait, self._now())
-        else:
-            admitted, seconds, rid = yield _Call("reserve_all", self._items(c), wait, self._now())
+        admitted, seconds, rid = yield self._reserve_call(c, wait, lane)
         made = self._clock.now()
         if admitted and wait and seconds > 0 and rid is not None and (made - asked) + seconds > wait:
             # The round trip took so long that waiting the delay would overrun the timeout: the
@@ -553,13 +610,11 @@ class _BucketBase(Listened):
             reservation._units = float(units)
         return reservation
 
-    def _try_flow(self, cost: float | None, op: str | None = None, units: float = 1) -> _Flow[float | None]:
+    def _try_flow(
+        self, cost: float | None, op: str | None = None, units: float = 1, lane: str | None = None
+    ) -> _Flow[float | None]:
         c = self._price(cost, op, units)
-        ticket: tuple[bool, float, Any]
-        if self._bands is None:
-            ticket = yield _Call("reserve", self.name, self.policy, c, 0.0, self._now())
-        else:
-            ticket = yield _Call("reserve_all", self._items(c), 0.0, self._now())
+        ticket: tuple[bool, float, Any] = yield self._reserve_call(c, 0.0, lane)
         if self._events is not None:
             if ticket[0]:
                 yield from self._granted_flow(c, 0.0)
@@ -568,9 +623,14 @@ class _BucketBase(Listened):
         return c if ticket[0] else None
 
     def _acquire_flow(
-        self, cost: float | None, timeout: float | None, op: str | None = None, units: float = 1
+        self,
+        cost: float | None,
+        timeout: float | None,
+        op: str | None = None,
+        units: float = 1,
+        lane: str | None = None,
     ) -> _Flow[Any]:
-        reservation: _ReservationBase[Any] = yield from self._reserve_flow(cost, timeout, op, units)
+        reservation: _ReservationBase[Any] = yield from self._reserve_flow(cost, timeout, op, units, lane)
         grant = yield from reservation._wait_flow()
         return grant
 
@@ -751,6 +811,14 @@ class TokenBucket(_BucketBase):
         listeners: Callables told about this bucket's events (`tokenbucket.Listener`,
             for example `tokenbucket.LoggingListener`); none by default, and then
             events cost nothing.
+        lanes: Priority lanes: each lane's name with the tokens held back from
+            it for more urgent lanes (``{"urgent": 0, "bulk": 60}``). A request
+            in a lane (``acquire(cost, lane="bulk")``) starts only when the
+            balance less its lane's hold-back allows it, so a bulk lane never
+            takes the tokens an urgent one needs; and it may start before the
+            waiting reservations of less urgent lanes while each of them keeps
+            its start time (see the concepts page "Priority lanes"). A request
+            without a lane waits behind every earlier reservation. One bandwidth only.
 
     Attributes:
         name: The bucket's name.
@@ -778,8 +846,11 @@ class TokenBucket(_BucketBase):
         clock: Clock | None = None,
         cost_model: CostModel | None = None,
         listeners: Iterable[Listener] = (),
+        lanes: Mapping[str, float] | None = None,
     ) -> None:
-        self._configure(name, rate, capacity, overdraft, min_start, initial, backend, clock, cost_model, listeners)
+        self._configure(
+            name, rate, capacity, overdraft, min_start, initial, backend, clock, cost_model, listeners, lanes
+        )
         if self._awaits_store:
             raise TypeError(
                 f"TokenBucket needs a blocking backend, and {type(self._backend).__name__} is for asyncio: "
@@ -793,7 +864,13 @@ class TokenBucket(_BucketBase):
         return Reservation(self, cost, delay, rid, made)
 
     def acquire(
-        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+        self,
+        cost: float | None = ESTIMATE,
+        *,
+        timeout: float | None = None,
+        op: str | None = None,
+        units: float = 1,
+        lane: str | None = None,
     ) -> Grant:
         """Charge ``cost`` tokens, sleep until the request may start, and return the grant.
 
@@ -811,6 +888,8 @@ class TokenBucket(_BucketBase):
             op: The operation, priced by the bucket's `CostModel`; the grant
                 remembers it, and settling teaches the model.
             units: How many units (items) the call covers, with ``op``.
+            lane: The lane to wait in (see ``lanes``); None for none: behind every
+                earlier reservation, as in a bucket without lanes.
 
         Raises:
             CostExceedsCapacity: the cost can never start (raised at once; nothing charged).
@@ -819,19 +898,21 @@ class TokenBucket(_BucketBase):
                 not a number; ``op`` without a cost model, or unknown to it.
             BackendError: the store failed.
         """
-        ticket = self._plain_ticket(cost, timeout, op, units)
+        ticket = None if lane is not None else self._plain_ticket(cost, timeout, op, units)
         if ticket is None:
-            result: Grant = _run(self, self._acquire_flow(cost, timeout, op, units))
+            result: Grant = _run(self, self._acquire_flow(cost, timeout, op, units, lane))
             return result
         plain, delay, rid, now = ticket
         if delay == 0.0:
             return Grant(self, plain, 0.0, now)
         return Reservation(self, plain, delay, rid, self._clock.now()).wait()
 
-    def try_acquire(self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1) -> Grant | None:
+    def try_acquire(
+        self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1, lane: str | None = None
+    ) -> Grant | None:
         """Take ``cost`` tokens if the request may start now; never blocks.
 
-        ``cost``, ``op`` and ``units`` are as in `acquire`.
+        ``cost``, ``op``, ``units`` and ``lane`` are as in `acquire`.
 
         Returns:
             The grant, or None (charging nothing) if the request would have to wait.
@@ -840,8 +921,8 @@ class TokenBucket(_BucketBase):
             CostExceedsCapacity: the cost can never start.
             ConfigurationError: ``cost`` is negative, NaN or infinite; ``op`` cannot be priced.
         """
-        if self._events is not None or self._bands is not None:  # the flow; else the fast path below
-            charged: float | None = _run(self, self._try_flow(cost, op, units))
+        if self._events is not None or self._bands is not None or lane is not None:  # else the fast path below
+            charged: float | None = _run(self, self._try_flow(cost, op, units, lane))
             return None if charged is None else _priced(Grant(self, charged, 0.0), op, float(units))
         if type(cost) is not int or not 0 <= cost <= MAX_AMOUNT or op is not None:
             cost = self._price(cost, op, units)
@@ -852,18 +933,24 @@ class TokenBucket(_BucketBase):
         return grant if op is None else _priced(grant, op, float(units))
 
     def reserve(
-        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+        self,
+        cost: float | None = ESTIMATE,
+        *,
+        timeout: float | None = None,
+        op: str | None = None,
+        units: float = 1,
+        lane: str | None = None,
     ) -> Reservation:
         """Charge ``cost`` now and return a `Reservation` saying when it may start.
 
         Use it to learn the wait before committing to it: ``res.delay``, then
-        ``res.wait()`` or ``res.cancel()``. ``cost``, ``op`` and ``units`` are as in `acquire`.
+        ``res.wait()`` or ``res.cancel()``. ``cost``, ``op``, ``units`` and ``lane`` are as in `acquire`.
 
         Raises:
             AcquireTimeout: the delay would exceed ``timeout`` (nothing charged).
             CostExceedsCapacity, ConfigurationError, BackendError: as `acquire`.
         """
-        result: Reservation = _run(self, self._reserve_flow(cost, timeout, op, units))
+        result: Reservation = _run(self, self._reserve_flow(cost, timeout, op, units, lane))
         return result
 
     def sync(
@@ -962,8 +1049,11 @@ class AsyncTokenBucket(_BucketBase):
         clock: Clock | None = None,
         cost_model: CostModel | None = None,
         listeners: Iterable[Listener] = (),
+        lanes: Mapping[str, float] | None = None,
     ) -> None:
-        self._configure(name, rate, capacity, overdraft, min_start, initial, backend, clock, cost_model, listeners)
+        self._configure(
+            name, rate, capacity, overdraft, min_start, initial, backend, clock, cost_model, listeners, lanes
+        )
         if not self._awaits_store and getattr(self._backend, "blocks_on_io", False):
             raise TypeError(
                 f"AsyncTokenBucket would block the event loop on {type(self._backend).__name__}'s network calls: "
@@ -977,12 +1067,18 @@ class AsyncTokenBucket(_BucketBase):
         return AsyncReservation(self, cost, delay, rid, made)
 
     async def acquire(
-        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+        self,
+        cost: float | None = ESTIMATE,
+        *,
+        timeout: float | None = None,
+        op: str | None = None,
+        units: float = 1,
+        lane: str | None = None,
     ) -> AsyncGrant:
         """See `TokenBucket.acquire`; task cancellation refunds the cost."""
-        ticket = self._plain_ticket(cost, timeout, op, units)
+        ticket = None if lane is not None else self._plain_ticket(cost, timeout, op, units)
         if ticket is None:
-            result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout, op, units))
+            result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout, op, units, lane))
             return result
         plain, delay, rid, now = ticket
         if delay == 0.0:
@@ -990,19 +1086,25 @@ class AsyncTokenBucket(_BucketBase):
         return await AsyncReservation(self, plain, delay, rid, self._clock.now()).wait()
 
     async def try_acquire(
-        self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1
+        self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1, lane: str | None = None
     ) -> AsyncGrant | None:
         """See `TokenBucket.try_acquire`."""
-        charged: float | None = await _arun(self, self._try_flow(cost, op, units))
+        charged: float | None = await _arun(self, self._try_flow(cost, op, units, lane))
         if charged is None:
             return None
         return _priced(AsyncGrant(self, charged, 0.0), op, float(units))
 
     async def reserve(
-        self, cost: float | None = ESTIMATE, *, timeout: float | None = None, op: str | None = None, units: float = 1
+        self,
+        cost: float | None = ESTIMATE,
+        *,
+        timeout: float | None = None,
+        op: str | None = None,
+        units: float = 1,
+        lane: str | None = None,
     ) -> AsyncReservation:
         """See `TokenBucket.reserve`."""
-        result: AsyncReservation = await _arun(self, self._reserve_flow(cost, timeout, op, units))
+        result: AsyncReservation = await _arun(self, self._reserve_flow(cost, timeout, op, units, lane))
         return result
 
     async def sync(

@@ -60,22 +60,29 @@ class CostExceedsCapacity(ConfigurationError):
     ``D``, a cost above ``capacity + D``. Raised at once, never after a wait,
     and nothing is charged.
 
+    In a lane that holds back ``hold`` tokens, ``hold`` less.
+
     Attributes:
         cost: The cost that was asked for.
-        limit: The largest cost the policy can ever start.
+        limit: The largest cost the policy can ever start (in the lane, for a lane).
+        hold: The tokens the request's lane holds back (0 without a lane).
     """
 
-    def __init__(self, cost: float, limit: float) -> None:
+    def __init__(self, cost: float, limit: float, hold: float = 0.0) -> None:
         # The arguments are the exception's args, so pickle and Celery's result
-        # serializer rebuild it as it was, with cost and limit.
-        super().__init__(cost, limit)
+        # serializer rebuild it as it was, with cost, limit and hold.
+        super().__init__(cost, limit, hold) if hold else super().__init__(cost, limit)
         self.cost = cost
         self.limit = limit
+        self.hold = hold
 
     def __str__(self) -> str:
+        where = f"capacity + overdraft, less the {self.hold:g} tokens its lane holds back" if self.hold else (
+            "capacity + overdraft"
+        )
         return (
             f"cost {self.cost:g} can never start: the most this bucket can ever start is {self.limit:g} "
-            "(capacity + overdraft); split the work into smaller requests"
+            f"({where}); split the work into smaller requests"
         )
 
 

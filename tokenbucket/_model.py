@@ -51,6 +51,7 @@ __all__ = [
     "describe",
     "earliest_start",
     "fresh",
+    "lane_max_cost",
     "parse_rates",
     "per_rate",
     "reconfigure",
@@ -58,6 +59,7 @@ __all__ = [
     "refundable",
     "reserve",
     "reserve_all",
+    "reserve_lane",
     "settle",
     "snapshot",
     "sync",
@@ -162,11 +164,20 @@ class Policy:
 
 
 class Pending(NamedTuple):
-    """A reservation that has not started: it starts at ``start`` and will spend ``cost``."""
+    """A reservation that has not started: it starts at ``start`` and will spend ``cost``.
+
+    A reservation made in a lane (`reserve_lane`) also keeps its lane's
+    ``hold`` (tokens held back from that lane) and its ``margin``: how many
+    tokens requests of more urgent lanes may still take before its start
+    without making it unaffordable. Other reservations have ``hold`` 0 and
+    are never passed.
+    """
 
     start: float
     cost: float
     rid: int
+    hold: float = 0.0
+    margin: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +421,76 @@ def reserve(
     if start > t0:
         return Reserved(BucketState(s.tokens - cost, t0, (*s.pending, Pending(start, cost, rid))), start, delay, rid)
     return Reserved(BucketState(s.tokens - cost, t0, s.pending), start, delay, None)
+
+
+def lane_max_cost(policy: Policy, hold: float) -> float:
+    """The largest cost a lane holding back ``hold`` tokens can ever start (negative: none)."""
+    if policy.overdraft == 0.0:
+        return policy.capacity - hold
+    if policy.min_start + hold > policy.capacity:
+        return -1.0
+    return policy.capacity - hold + policy.overdraft
+
+
+def _after(start: float) -> float:
+    """``start``, or the next float when a wait would round to none (a wait is never zero)."""
+    return start + math.ldexp(1.0, math.frexp(start)[1] - 53)
+
+
+def reserve_lane(
+    state: BucketState, policy: Policy, now: float, cost: float, hold: float, max_wait: float | None, rid: int
+) -> Reserved | Rejected:
+    """Reserve ``cost`` in a lane that leaves ``hold`` tokens to more urgent lanes.
+
+    A request in a lane starts when the upstream's balance, less ``hold``,
+    reaches its start level (`Policy.start_level`): a lane with a larger
+    ``hold`` never takes the tokens a more urgent one needs. It waits behind
+    every earlier reservation of its own or a more urgent lane (first come,
+    first served), and may start before the reservations of less urgent lanes
+    while each keeps enough margin to stay affordable at its own start; their
+    start times never move, and their margins shrink by what it takes.
+
+    The upstream's balance at ``t``, not counting reservations that start
+    after ``t`` (they have not been charged there), is ``tokens + refill ×
+    (t - now) + their costs``: that is what the request is judged on.
+
+    Raises:
+        CostExceedsCapacity: ``cost`` can never start in this lane.
+    """
+    limit = lane_max_cost(policy, hold)
+    if cost > limit:
+        raise CostExceedsCapacity(cost, max(0.0, limit), hold)
+    now = max(now, state.updated)
+    s = advance(state, policy, now)
+    t0 = s.updated
+    need = policy.start_level(cost) + hold
+    pending = s.pending
+    floor = max((p.start for p in pending if p.hold <= hold), default=t0)
+    start = math.inf
+    cuts = sorted({floor, *(p.start for p in pending if p.start > floor)})
+    for i, a in enumerate(cuts):
+        passed = [p for p in pending if p.start > a]  # not started by any time in [a, next cut)
+        if any(p.hold <= hold or p.margin < cost - policy.slack for p in passed):
+            continue
+        balance = s.tokens + (a - t0) * policy.refill + math.fsum(p.cost for p in passed)
+        short = balance < need - policy.slack  # a shortfall within the slack is rounding
+        t = a + (need - balance) / policy.refill if short else a
+        if short and t == a:  # a wait too short for a float at a: still a wait, of one step
+            t = _after(a)
+        if i + 1 == len(cuts) or t < cuts[i + 1]:
+            start = t
+            break
+    delay = max(0.0, start - now)
+    if max_wait is not None and delay > max_wait:
+        return Rejected(s, delay)
+    after = [p._replace(margin=p.margin - cost) if p.start > start else p for p in pending]
+    if start <= t0:
+        return Reserved(BucketState(s.tokens - cost, t0, tuple(after)), start, delay, None)
+    later = math.fsum(p.cost for p in pending if p.start > start)
+    balance = s.tokens + (start - t0) * policy.refill + later
+    mine = Pending(start, cost, rid, hold, balance - policy.start_level(cost))
+    ordered = tuple(sorted((*after, mine), key=lambda p: p.start))
+    return Reserved(BucketState(s.tokens - cost, t0, ordered), start, delay, rid)
 
 
 def earliest_start(state: BucketState, policy: Policy, cost: float) -> float:

@@ -98,6 +98,18 @@ class Backend(Protocol):
         """
         ...
 
+    def reserve_lane(
+        self, key: str, policy: Policy, cost: float, hold: float, max_wait: float | None, now: float | None
+    ) -> Ticket:
+        """`reserve` in a lane that leaves ``hold`` tokens to more urgent lanes (`_model.reserve_lane`).
+
+        The request may start before waiting reservations of less urgent lanes
+        (larger ``hold``) while each keeps its start time affordable. Raises
+        `tokenbucket.CostExceedsCapacity` (charging nothing) if the lane can never
+        start ``cost``. Needed only for buckets with lanes.
+        """
+        ...
+
     def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:
         """Cancel a waiting reservation and return the tokens refunded (0 if it had started)."""
         ...
@@ -136,6 +148,12 @@ class AsyncBackend(Protocol):
         self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
     ) -> ManyTicket:
         """See `Backend.reserve_all`."""
+        ...
+
+    async def reserve_lane(
+        self, key: str, policy: Policy, cost: float, hold: float, max_wait: float | None, now: float | None
+    ) -> Ticket:
+        """See `Backend.reserve_lane`."""
         ...
 
     async def cancel(self, key: str, policy: Policy, rid: int, now: float | None) -> float:

@@ -131,6 +131,20 @@ class MemoryBackend(MemoryLeaseStore, MemorySlotStore):
                 return False, result.retry_after, None
             return True, result.delay, result.rid
 
+    def reserve_lane(
+        self, key: str, policy: Policy, cost: float, hold: float, max_wait: float | None, now: float | None
+    ) -> Ticket:
+        """See `tokenbucket.backends.Backend.reserve_lane`."""
+        with self._lock:
+            if now is None:
+                now = self._now()
+            slot = self._slot(key, policy, now)
+            result = _model.reserve_lane(slot.state(), policy, now, cost, hold, max_wait, next(self._ids))
+            slot.store(result.state)
+            if isinstance(result, _model.Rejected):
+                return False, result.retry_after, None
+            return True, result.delay, result.rid
+
     def reserve_all(
         self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
     ) -> ManyTicket:

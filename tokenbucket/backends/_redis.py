@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._exceptions import BackendError, ConfigurationError, PolicyMismatch
-from .._model import Policy, Snapshot, describe, refundable
+from .._exceptions import BackendError, ConfigurationError, CostExceedsCapacity, PolicyMismatch
+from .._model import Policy, Snapshot, describe, lane_max_cost, refundable
 from .._validate import check_nonnegative, check_positive
 from ._base import BAND, ManyTicket, Ticket, check_parts
 from ._redis_errors import describe_server, map_redis_errors, unreachable
@@ -80,7 +80,9 @@ def lua_source(name: str) -> str:
         writes = "false" if name == "bucket_snapshot" else "true"
         prelude = folder.joinpath("bucket.lua").read_text(encoding="utf-8")
         adopt = "true" if name == "bucket_reconfigure" else "false"
-        records = {"bucket_reserve": "'reserve'", "bucket_settle": "'settle'"}.get(name, "false")
+        records = {"bucket_reserve": "'reserve'", "bucket_reserve_lane": "'reserve'", "bucket_settle": "'settle'"}.get(
+            name, "false"
+        )
         refunds = "true" if name in ("bucket_cancel", "bucket_settle", "bucket_void") else "false"
         flags = f"local WRITES, ADOPT, RECORDS, REFUNDS = {writes}, {adopt}, {records}, {refunds}"
         text = f"{flags}\n{prelude}\n{text}"
@@ -297,6 +299,20 @@ class _RedisCommon:
                 self._wire.clear()
             self._wire[name] = keys
         return keys
+
+    def _lane_keys(self, name: str) -> list[bytes]:
+        """`_wire_keys` and the bucket's lanes hash (``lua/bucket_reserve_lane.lua``)."""
+        keys = self._wire_keys(name)
+        return [*keys, keys[0].replace(b":bucket", b":lanes", 1)]
+
+    def _lane_args(
+        self, policy: Policy, cost: float, hold: float, max_wait: float | None, now: float | None, call: bytes
+    ) -> list[bytes]:
+        limit = lane_max_cost(policy, hold)
+        if cost > limit:  # before any round trip: nothing charged
+            raise CostExceedsCapacity(cost, max(0.0, limit), hold)
+        wait = b"" if max_wait is None else repr(float(max_wait)).encode()
+        return self._args(policy, now, repr(cost).encode(), repr(float(hold)).encode(), wait, call)
 
     def _args(self, policy: Policy, now: float | None, *extra: bytes) -> list[bytes]:
         """ARGV for a bucket script (see ``lua/bucket.lua``), encoded once so redis-py sends them as they are."""
@@ -692,7 +708,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         ``deadline`` bounds the wait for the reply (seconds), where the client allows.
         """
         script = self._script("bucket_" + op)
-        keys = self._wire_keys(key)
+        keys = self._wire_keys(key) if op != "reserve_lane" else self._lane_keys(key)
         try:
             with map_redis_errors(op, self._client, key):
                 if deadline is not None:
@@ -754,6 +770,22 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         deadline = self._deadline(max_wait)
         try:
             reply = self._bucket("reserve", key, args, deadline)
+        except BackendError as exc:
+            return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
+        return self._answered(reply)
+
+    def reserve_lane(
+        self, key: str, policy: Policy, cost: float, hold: float, max_wait: float | None, now: float | None
+    ) -> Ticket:
+        """See `tokenbucket.backends.Backend.reserve_lane`: one EVALSHA (``lua/bucket_reserve_lane.lua``).
+
+        A reply that never came is handled as in `reserve`.
+        """
+        call = self._call_id()
+        args = self._lane_args(policy, cost, hold, max_wait, now, call)
+        deadline = self._deadline(max_wait)
+        try:
+            reply = self._bucket("reserve_lane", key, args, deadline)
         except BackendError as exc:
             return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
         return self._answered(reply)
@@ -983,7 +1015,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
     async def _bucket(self, op: str, key: str, args: list[bytes], deadline: float | None = None) -> Any:
         """See `RedisBackend._bucket`; ``deadline`` bounds the reply on every client."""
         script = self._script("bucket_" + op)
-        keys = self._wire_keys(key)
+        keys = self._wire_keys(key) if op != "reserve_lane" else self._lane_keys(key)
         try:
             with map_redis_errors(op, self._client, key):
                 if deadline is None:
@@ -1013,6 +1045,19 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         deadline = self._deadline(max_wait)
         try:
             reply = await self._bucket("reserve", key, args, deadline)
+        except BackendError as exc:
+            return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
+        return self._answered(reply)
+
+    async def reserve_lane(
+        self, key: str, policy: Policy, cost: float, hold: float, max_wait: float | None, now: float | None
+    ) -> Ticket:
+        """See `RedisBackend.reserve_lane`."""
+        call = self._call_id()
+        args = self._lane_args(policy, cost, hold, max_wait, now, call)
+        deadline = self._deadline(max_wait)
+        try:
+            reply = await self._bucket("reserve_lane", key, args, deadline)
         except BackendError as exc:
             return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
         return self._answered(reply)

@@ -267,6 +267,7 @@ class _RateLimitedBase:
         timeout: float | None = None,
         sync_rate: bool = False,
         also: Sequence[tuple[Any, float]] = (),
+        lane: str | None = None,
     ) -> None:
         if not callable(cost):
             check_cost(cost)
@@ -292,6 +293,13 @@ class _RateLimitedBase:
         self._timeout = check_timeout(timeout)
         self.sync_rate = sync_rate
         self._ledger = _ledger_for(bucket)
+        if lane is not None:
+            if lane not in bucket.lanes:
+                known = ", ".join(repr(n) for n in bucket.lanes) or "none"
+                raise ConfigurationError(f"bucket {bucket.name!r} has no lane {lane!r} (its lanes: {known})")
+            if others:
+                raise ConfigurationError("lane= and also= cannot be combined: buckets reserved together have no lanes")
+        self._lane = lane
         self._also_costs = tuple(c for _, c in others)
         self._group: BucketGroup | AsyncBucketGroup | None = None
         if others:
@@ -425,6 +433,8 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
             beside a token quota. They are reserved with ``bucket`` in one
             atomic step (a `tokenbucket.BucketGroup`: all or nothing, on one
             backend); only ``bucket`` is settled and synced.
+        lane: The bucket's lane every request waits in (see `tokenbucket.TokenBucket`'s
+            ``lanes``): a backfill's client in ``"bulk"``, a latency-sensitive one in ``"urgent"``.
         sync_rate: Adopt the refill rate the upstream reports. The bucket's
             stored policy then follows the upstream (see `TokenBucket.reconfigure`),
             and a transport whose bucket meets a stored rate another process
@@ -453,7 +463,7 @@ class RateLimitedTransport(_RateLimitedBase, httpx.BaseTransport):
 
         def reserve(step: _Reserve) -> Any:
             if group is None:
-                return bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                return bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout, lane=self._lane)
             cost = bucket._price(step.cost, step.op, step.units)
             return group.reserve((cost, *self._also_costs), timeout=self._timeout)
 
@@ -521,7 +531,9 @@ class AsyncRateLimitedTransport(_RateLimitedBase, httpx.AsyncBaseTransport):
 
         async def reserve(step: _Reserve) -> Any:
             if group is None:
-                return await bucket.reserve(step.cost, op=step.op, units=step.units, timeout=self._timeout)
+                return await bucket.reserve(
+                    step.cost, op=step.op, units=step.units, timeout=self._timeout, lane=self._lane
+                )
             cost = bucket._price(step.cost, step.op, step.units)
             return await group.reserve((cost, *self._also_costs), timeout=self._timeout)
 
