@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -251,3 +252,44 @@ def test_restriction_checks_never_exceed_the_concurrency_limit(
     assert counts.restrictions == counts.deals > 0
     assert stats["sp_max_in_flight"] == 2
     assert stats["sp_429"] == 0
+
+
+def test_the_update_passes_a_backfill_batch_that_waits_for_tokens(
+    make_simulator: Callable[..., SimulatorServer],
+) -> None:
+    """The collector's two Keepa clients wait in the quota's lanes: with the balance low, a backfill batch
+    waits for the bulk lane's hold-back, and a deal page (the update) asked for after it is admitted first
+    (judged by the simulator's own log of admitted calls)."""
+    scale = 600.0
+    server = make_simulator(time_scale=scale, refill_rate=20, backlog_hours=3)
+    clock = ScaledClock(scale)
+    quota = KeepaQuota(keepa_policy(20), clock=clock)
+    update = KeepaClient(server.base_url, API_KEY, transport=quota.transport(lane="urgent"))
+    backfill = KeepaClient(server.base_url, API_KEY, transport=quota.transport(lane="bulk"))
+    quota.bucket.sync(update.token_status().tokens_left)
+    _, deals = update.deals(0)
+    asins = [d["asin"] for d in deals]
+    while update.last_reply is None or update.last_reply.tokens_left > 300:  # below what the bulk lane needs
+        update.products(asins[:40], days=30)
+    assert update.last_reply.tokens_left < quota.bulk_hold(keepa_policy(20)) + keepa_policy(20).min_start
+    batch = asins[50:52]
+    done: list[str] = []
+    waiter = threading.Thread(target=lambda: (backfill.products(batch, days=30), done.append("backfill")))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while quota.bucket.snapshot().promised == 0:  # the backfill batch is reserved and waits
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    asked = clock.now()
+    update.deals(0)
+    update_took = clock.now() - asked
+    done.append("update")
+    waiter.join()
+    backfill_took = clock.now() - asked
+    assert done == ["update", "backfill"]
+    # In upstream seconds: the update went at once; the backfill batch waited for the bulk lane's tokens.
+    assert update_took < 60, update_took
+    assert backfill_took > 300, backfill_took
+    assert server.stats()["keepa_429"] == 0
+    update.close()
+    backfill.close()

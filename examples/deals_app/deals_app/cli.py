@@ -288,15 +288,19 @@ def _collector(
             "base_url": base_url,
         },
     )
-    keepa = KeepaClient(
-        base_url,
-        api_key,
-        timeout=timeout,
-        transport=quota.transport(),
-        on_reply=lambda reply: store.log_tokens(reply.tokens_left, "keepa"),
-        domain=domain,
-    )
+    def keepa_client(lane: str) -> KeepaClient:
+        return KeepaClient(
+            base_url,
+            api_key,
+            timeout=timeout,
+            transport=quota.transport(lane=lane),
+            on_reply=lambda reply: store.log_tokens(reply.tokens_left, "keepa"),
+            domain=domain,
+        )
+
+    keepa = keepa_client("urgent")  # the recent-deals update
     keepa.last_reply = first
+    backfill_keepa = keepa_client("bulk")
     restrictions = None
     if sp_base_url and sp_token:  # restriction checks only with an SP-API endpoint and its credentials
         sp_bucket = TokenBucket("sp-restrictions", rate="5/second", capacity=10, backend=backend, clock=bucket_clock)
@@ -313,6 +317,7 @@ def _collector(
         quota,
         store,
         clock=clock,
+        backfill_keepa=backfill_keepa,
         restrictions=restrictions,
         lease_backend=backend,
         settings=settings,

@@ -27,7 +27,7 @@ from typing import Any
 
 from tokenbucket import ConcurrencyLimit, LeaseLost
 
-from .client import AppError, KeepaClient, KeyRefused, RestrictionClient, SpQuotaExceeded
+from .client import AppError, KeepaClient, KeepaReply, KeyRefused, RestrictionClient, SpQuotaExceeded
 from .leases import LeaseHeld, backfill_lease
 from .quota import KeepaQuota, ScaledClock, Stopped, describe_plan
 from .simulator import DEAL_PAGE_SIZE
@@ -97,6 +97,8 @@ class Collector:
         clock: The collector's clock (its ``stop`` event stops every job).
         restrictions: The SP-API client (paying from its own bucket through its transport),
             or None to skip restriction checks.
+        backfill_keepa: The Keepa client of the backfill (its transport waits in the quota's
+            ``"bulk"`` lane, ``keepa``'s in ``"urgent"``); default ``keepa``.
         lease_backend: Where the backfill lease lives.
         settings: See `JobSettings`.
     """
@@ -109,11 +111,13 @@ class Collector:
         *,
         clock: ScaledClock,
         restrictions: RestrictionClient | None = None,
+        backfill_keepa: KeepaClient | None = None,
         lease_backend: Any = None,
         settings: JobSettings | None = None,
         debug: bool = False,
     ) -> None:
         self.keepa = keepa
+        self.backfill_keepa = backfill_keepa if backfill_keepa is not None else keepa
         self.quota = quota
         self.store = store
         self.clock = clock
@@ -133,6 +137,18 @@ class Collector:
             task="restrictions",
         )
         self._threads: list[threading.Thread] = []
+
+    @property
+    def keepa_calls(self) -> int:
+        """Keepa calls made by every job."""
+        clients = {id(c): c for c in (self.keepa, self.backfill_keepa)}
+        return sum(c.calls for c in clients.values())
+
+    @property
+    def last_keepa_reply(self) -> KeepaReply | None:
+        """The newest Keepa reply any job saw (by Keepa's own timestamp)."""
+        replies = [r for r in (self.keepa.last_reply, self.backfill_keepa.last_reply) if r is not None]
+        return max(replies, key=lambda r: r.timestamp, default=None)
 
     # --- the jobs: one pass each ----------------------------------------------------------------
 
@@ -194,7 +210,7 @@ class Collector:
                     rows = self.store.deals_after(position, plan.size)
                     asins = [asin for _, asin in rows]
                     self.stats.activity["backfill"] = f"full history (fence {lease.fence}): {describe_plan(plan)}"
-                    reply, products = self.keepa.products(asins, days=s.full_days, offers=s.full_offers)
+                    reply, products = self.backfill_keepa.products(asins, days=s.full_days, offers=s.full_offers)
                     checkpoint = ("backfill", rows[-1][0], lease.fence)
                     self.store.save_products(products, full=True, cost=reply.tokens_consumed, checkpoint=checkpoint)
                     lease.beat()
@@ -334,6 +350,8 @@ class Collector:
     def close(self) -> None:
         """Close the HTTP clients and this thread's database connection."""
         self.keepa.close()
+        if self.backfill_keepa is not self.keepa:
+            self.backfill_keepa.close()
         if self.restrictions is not None:
             self.restrictions.close()
         self.store.close()

@@ -52,7 +52,7 @@ class Progress:
         c = self.collector
         counts = c.store.counts()
         snap = c.quota.bucket.snapshot()
-        reply = c.keepa.last_reply
+        reply = c.last_keepa_reply
         return {
             "wall": time.monotonic() - self._started,
             "sim": self.upstream_seconds(),
@@ -63,7 +63,7 @@ class Progress:
             "promised": snap.promised,
             "ttp": snap.time_to_positive,
             "upstream": None if reply is None else reply.tokens_left,
-            "calls": c.keepa.calls,
+            "calls": c.keepa_calls,
             "plan": c.quota.last_plan,
             "activity": dict(c.stats.activity),
             "sp_calls": c.stats.restriction_checks + c.stats.sp_retries,
@@ -155,7 +155,7 @@ def summary_lines(
         f"  restriction checks    {n.restrictions} ({n.restricted} restricted)"
         if c.restrictions is not None or n.restrictions
         else "  restriction checks    skipped: no SP-API endpoint (--sp-base-url)",
-        f"  Keepa calls           {c.keepa.calls} by the collector",
+        f"  Keepa calls           {c.keepa_calls} by the collector",
         f"  SP-API calls          {c.stats.restriction_checks + c.stats.sp_retries} restriction checks "
         f"(retries included)",
     ]

@@ -20,6 +20,10 @@ bucket can be ahead of Keepa by up to one minute of refill. The policy
 therefore asks for ``min_start = refill + 1`` tokens (plus headroom for cost
 surprises, see `keepa_policy`) before a call starts, which keeps Keepa's own
 balance positive and so never earns a 429.
+
+The bucket has two lanes: the recent-deals update calls in ``"urgent"``, the
+backfill in ``"bulk"``, which leaves `KeepaQuota.bulk_hold` tokens to the
+update, so an update never waits behind a backfill batch that waits for tokens.
 """
 
 from __future__ import annotations
@@ -179,6 +183,7 @@ class KeepaQuota:
             backend=backend if backend is not None else MemoryBackend(),
             clock=clock,
             cost_model=self.costs,
+            lanes={"urgent": 0.0, "bulk": self.bulk_hold(policy)},
         )
         self.requests: TokenBucket | None = None
         if max_rps is not None:
@@ -192,8 +197,23 @@ class KeepaQuota:
         self.planner = BatchPlanner(self.bucket, self.costs, max_cost=policy.max_debt + policy.min_start)
         self.last_plan: BatchPlan | None = None
 
-    def transport(self, inner: httpx.BaseTransport | None = None) -> RateLimitedTransport:
-        """An httpx transport that pays for every Keepa request from this bucket."""
+    @staticmethod
+    def bulk_hold(policy: KeepaPolicy) -> float:
+        """The tokens the bulk lane (the backfill) leaves to the urgent one (the recent-deals update).
+
+        One update batch's budget, ``max_debt + min_start``: an update that
+        arrives while a backfill batch waits for tokens passes it, and the
+        backfill still starts when it was due.
+        """
+        return policy.max_debt + policy.min_start
+
+    def transport(self, inner: httpx.BaseTransport | None = None, *, lane: str | None = None) -> RateLimitedTransport:
+        """An httpx transport that pays for every Keepa request from this bucket, in ``lane``.
+
+        With ``max_rps`` the request cap is reserved with the tokens in one step,
+        and such a combined reservation has no lanes yet: every job then waits
+        first come, first served.
+        """
         return RateLimitedTransport(
             inner if inner is not None else httpx.HTTPTransport(),
             self.bucket,
@@ -201,6 +221,7 @@ class KeepaQuota:
             operation=keepa_operation,
             max_retries=5,
             also=[] if self.requests is None else [(self.requests, 1)],
+            lane=lane if self.requests is None else None,
         )
 
     def plan(self, op: str, pending: int, max_per_request: int = 100) -> BatchPlan:
