@@ -332,3 +332,30 @@ def test_documented_incident_through_the_cli(capsys: pytest.CaptureFixture[str])
     after = json.loads(capsys.readouterr().out)
     assert all(j["calls"] > 0 for j in after["jobs"])
     assert after["peak_debt"] < 300
+
+
+def test_lanes_shorten_the_urgent_jobs_longest_wait() -> None:
+    """The deal collector's shape: a backfill in the bulk lane, the update every 10 minutes in the urgent one."""
+    policy = {"capacity": 1200, "overdraft": 300, "min_start": 96, "duration": "12h", "seed": 1}
+    fifo = simulate("20/minute", ["backfill:cost=20,batch=planner,continuous", "update:cost=20,batch=5,every=10m"],
+                    **policy)  # type: ignore[arg-type]  # fmt: skip
+    laned = simulate(
+        "20/minute",
+        ["backfill:cost=20,batch=planner,continuous,lane=bulk", "update:cost=20,batch=5,every=10m,lane=urgent"],
+        lanes={"urgent": 0, "bulk": 396},
+        **policy,  # type: ignore[arg-type]
+    )
+    update = {r.name: r for r in fifo.jobs}["update"], {r.name: r for r in laned.jobs}["update"]
+    assert update[1].longest_wait < update[0].longest_wait
+    assert update[1].calls >= update[0].calls
+    assert laned.peak_debt <= fifo.peak_debt  # the bulk lane stays out of the deepest debt
+    assert all(not job.starved for job in laned.jobs)
+
+
+def test_lane_errors() -> None:
+    assert JobSpec.parse("backfill:lane=bulk").lane == "bulk"
+    with pytest.raises(ConfigurationError, match="no lane 'bulk'"):
+        simulate("5/minute", ["backfill:lane=bulk"], duration="1h")
+    with pytest.raises(ConfigurationError, match="what lane 'bulk' can ever start"):
+        simulate("5/minute", ["backfill:cost=1,batch=5,lane=bulk"], duration="1h", lanes={"bulk": 2})
+    assert tokenbucket._simulate.main(["--rate", "5/minute", "--duration", "1h", "--job", "a", "--lane", "bulk"]) == 2

@@ -83,8 +83,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         'job syntax: NAME:key=value,... e.g. "deals:cost=5,every=60,gate=20"; keys: cost, batch (N, planner, '
         "fit), max_batch, continuous, every, poisson, start, retry, gate, ghost_lock, lock_ttl, timeout, "
-        "call_seconds, noise. Durations: 90s, 15m, 2h, 1d. Exit status: 0, 1 when a job starved, 2 on a bad "
-        "configuration."
+        "call_seconds, noise, lane (with --lane). Durations: 90s, 15m, 2h, 1d. Exit status: 0, 1 when a job "
+        "starved, 2 on a bad configuration."
     )
     parser.add_argument("--rate", required=True, help="refill rate, e.g. 5/minute")
     parser.add_argument("--capacity", type=float, default=None, help="most tokens held (default: the rate's amount)")
@@ -93,12 +93,33 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial", type=float, default=None, help="starting balance (default: full)")
     parser.add_argument("--duration", required=True, help="how long to simulate, e.g. 6h")
     parser.add_argument("--job", action="append", default=[], metavar="SPEC", help="a job (repeatable)")
+    parser.add_argument(
+        "--lane",
+        action="append",
+        default=[],
+        metavar="NAME=TOKENS",
+        help="a priority lane and the tokens held back from it, e.g. bulk=400 (repeatable); jobs name it: lane=bulk",
+    )
     parser.add_argument("--noise", type=float, default=0.0, help="relative upstream cost noise, e.g. 0.2")
     parser.add_argument("--seed", type=int, default=0, help="random seed (noise, poisson arrivals)")
     parser.add_argument("--stall-after", default=None, help="flag jobs waiting longer (default: 3 × fill time)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--series", action="store_true", help="with --json, include the balance and progress series")
     parser.add_argument("--plot", metavar="FILE", default=None, help="draw the balance and progress to FILE.png|svg")
+
+
+def _lanes(items: Sequence[str]) -> dict[str, float] | None:
+    """``["urgent=0", "bulk=400"]`` as a lanes mapping; None for none."""
+    lanes: dict[str, float] = {}
+    for item in items:
+        name, eq, raw = item.partition("=")
+        try:
+            if not eq:
+                raise ValueError(item)
+            lanes[name.strip()] = float(raw)
+        except ValueError:
+            raise ConfigurationError(f"--lane {item!r}: give NAME=TOKENS, e.g. bulk=400") from None
+    return lanes or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         0 when no job starved, 1 when some job starved, 2 on a configuration error.
     """
     try:
+        lanes = _lanes(args.lane)
         result = simulate(
             args.rate,
             args.job,
@@ -119,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             noise=args.noise,
             seed=args.seed,
             stall_after=args.stall_after,
+            lanes=lanes,
         )
         if args.plot:
             plot(result, args.plot)

@@ -14,14 +14,14 @@ import heapq
 import math
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ._bucket import Grant, Reservation, TokenBucket
 from ._cost import CostModel
 from ._exceptions import AcquireTimeout, ConfigurationError, CostExceedsCapacity
-from ._model import Policy, refill_tokens
+from ._model import Policy, lane_max_cost, refill_tokens
 from ._planner import BatchPlanner
 from ._rate import Rate
 from .backends._memory import MemoryBackend
@@ -103,6 +103,7 @@ class JobSpec:
         timeout: A waiting job gives up a run that would wait longer than this.
         call_seconds: How long one call takes (the job is busy meanwhile).
         noise: Relative cost noise; None uses the simulation's default.
+        lane: The bucket's lane the job waits in (see ``lanes`` of `simulate`); None for none.
     """
 
     name: str
@@ -119,6 +120,7 @@ class JobSpec:
     timeout: float | None = None
     call_seconds: float = 0.0
     noise: float | None = None
+    lane: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or any(c in self.name for c in ":,="):
@@ -145,6 +147,8 @@ class JobSpec:
                 _number(self.name, key, value)
         if self.noise is not None and self.noise > 1:
             raise ConfigurationError(f"job {self.name!r}: noise is a fraction between 0 and 1, got {self.noise!r}")
+        if self.lane is not None and (not isinstance(self.lane, str) or not self.lane):
+            raise ConfigurationError(f"job {self.name!r}: lane must be a lane's name, got {self.lane!r}")
 
     @property
     def kind(self) -> str:
@@ -190,10 +194,12 @@ class JobSpec:
                 kwargs["max_batch"] = _int(name, key, raw)
             elif key in ("every", "poisson", "start", "retry", "ghost_lock", "lock_ttl", "timeout", "call_seconds"):
                 kwargs[key] = parse_duration(raw)
+            elif key == "lane":
+                kwargs["lane"] = raw
             else:
                 raise ConfigurationError(
                     f"job {name!r}: unknown key {key!r}; known: cost, batch, max_batch, continuous, every, "
-                    "poisson, start, retry, gate, ghost_lock, lock_ttl, timeout, call_seconds, noise"
+                    "poisson, start, retry, gate, ghost_lock, lock_ttl, timeout, call_seconds, noise, lane"
                 )
         return cls(name, **kwargs)
 
@@ -451,6 +457,7 @@ class _Simulation:
         seed: int,
         noise: float,
         stall_after: float | None,
+        lanes: Mapping[str, float] | None = None,
     ) -> None:
         self.policy = policy
         self.duration = duration
@@ -469,8 +476,18 @@ class _Simulation:
             backend=MemoryBackend(self.clock),
             clock=self.clock,
             cost_model=self.model,
+            lanes=lanes,
         )
+        for spec in jobs:
+            if spec.lane is not None and spec.lane not in self.bucket.lanes:
+                known = ", ".join(repr(n) for n in self.bucket.lanes) or "none (give --lane NAME=TOKENS)"
+                raise ConfigurationError(f"job {spec.name!r}: no lane {spec.lane!r}; the lanes: {known}")
         self.planner = BatchPlanner(self.bucket, self.model)
+        # A job in a lane plans (and fits) within what its lane can ever start.
+        self.lane_planners = {
+            lane: BatchPlanner(self.bucket, self.model, max_cost=min(policy.capacity, lane_max_cost(policy, hold)))
+            for lane, hold in self.bucket.lanes.items()
+        }
         self.jobs = [_Job(i, spec, noise if spec.noise is None else spec.noise) for i, spec in enumerate(jobs)]
         self.stall_after = 3 * policy.capacity / policy.refill if stall_after is None else stall_after
         self.heap: list[tuple[float, int, str, int, Any]] = []  # (time, order, kind, job, payload)
@@ -489,17 +506,25 @@ class _Simulation:
             self._check_batch(job)
 
     # -- sizing -------------------------------------------------------------------------------
+    def _max_cost(self, spec: JobSpec) -> float:
+        """The largest call the job can ever start: in its lane, if it has one."""
+        if spec.lane is None:
+            return self.policy.max_cost
+        return lane_max_cost(self.policy, self.bucket.lanes[spec.lane])
+
     def _check_batch(self, job: _Job) -> None:
         spec = job.spec
+        limit = self._max_cost(spec)
         if isinstance(spec.batch, int):
             cost = spec.batch * spec.cost
-            if cost > self.policy.max_cost:
+            if cost > limit:
+                where = "capacity + overdraft" if spec.lane is None else f"what lane {spec.lane!r} can ever start"
                 raise ConfigurationError(
                     f"job {spec.name!r}: batch {spec.batch} × {spec.cost:g} = {cost:g} tokens can never start "
-                    f"(capacity + overdraft is {self.policy.max_cost:g}); use batch=fit or batch=planner"
+                    f"({where} is {limit:g}); use batch=fit or batch=planner"
                 )
-        elif spec.cost > self.policy.max_cost:
-            raise CostExceedsCapacity(spec.cost, self.policy.max_cost)
+        elif spec.cost > limit:
+            raise CostExceedsCapacity(spec.cost, limit)
         if spec.cost == 0 and spec.every is None and spec.poisson is None and spec.call_seconds == 0:
             raise ConfigurationError(
                 f"job {spec.name!r}: a continuous job whose calls cost nothing and take no time would call "
@@ -513,8 +538,9 @@ class _Simulation:
         if spec.batch == "fit":
             if spec.cost == 0:
                 return spec.max_batch
-            return max(1, min(spec.max_batch, int(self.policy.capacity // spec.cost)))
-        return self.planner.plan(spec.name, spec.max_batch, spec.max_batch).size
+            return max(1, min(spec.max_batch, int(min(self.policy.capacity, self._max_cost(spec)) // spec.cost)))
+        planner = self.planner if spec.lane is None else self.lane_planners[spec.lane]
+        return planner.plan(spec.name, spec.max_batch, spec.max_batch).size
 
     # -- event loop ---------------------------------------------------------------------------
     def _schedule(self, when: float, kind: str, job: _Job, payload: Any = None) -> None:
@@ -574,14 +600,14 @@ class _Simulation:
             # planner jobs are priced by the cost model, which learns from settles; the others as configured
             cost = None if spec.batch == "planner" else size * spec.cost
             if spec.gate is not None:
-                grant = self.bucket.try_acquire(cost, op=spec.name, units=size)
+                grant = self.bucket.try_acquire(cost, op=spec.name, units=size, lane=spec.lane)
                 if grant is not None:
                     self._call(job, grant, size, arrival)
                     return
                 reason = "gate"
             else:
                 try:
-                    res = self.bucket.reserve(cost, timeout=spec.timeout, op=spec.name, units=size)
+                    res = self.bucket.reserve(cost, timeout=spec.timeout, op=spec.name, units=size, lane=spec.lane)
                 except AcquireTimeout:
                     reason = "timeout"
                 else:
@@ -747,6 +773,7 @@ def simulate(
     noise: float = 0.0,
     seed: int = 0,
     stall_after: float | str | None = None,
+    lanes: Mapping[str, float] | None = None,
 ) -> SimulationResult:
     """Run jobs against one bucket in virtual time and report what each achieved.
 
@@ -769,6 +796,8 @@ def simulate(
             the bucket takes to fill from empty (``3 × capacity / rate``: 3 h for
             5/minute and 300), since under first-come first-served a wait of one
             or two bucketfuls is normal when the bucket is busy.
+        lanes: The bucket's priority lanes, as for `tokenbucket.TokenBucket`
+            (``{"urgent": 0, "bulk": 400}``); a job names its lane with ``lane=``.
 
     Returns:
         A frozen `SimulationResult`.
@@ -793,7 +822,7 @@ def simulate(
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
         raise ConfigurationError(f"noise is a fraction between 0 and 1, got {noise!r}")
     stall = None if stall_after is None else parse_duration(stall_after)
-    return _Simulation(policy, specs, seconds, seed, float(noise), stall).run()
+    return _Simulation(policy, specs, seconds, seed, float(noise), stall, lanes).run()
 
 
 def plot(result: SimulationResult, path: str) -> None:
