@@ -350,6 +350,16 @@ def test_lanes_shorten_the_urgent_jobs_longest_wait() -> None:
     assert update[1].calls >= update[0].calls
     assert laned.peak_debt <= fifo.peak_debt  # the bulk lane stays out of the deepest debt
     assert all(not job.starved for job in laned.jobs)
+    sized = simulate(  # a hold-back of the update's demand during one backfill wait: the update never waits
+        "20/minute",
+        ["backfill:cost=20,batch=planner,continuous,lane=bulk", "update:cost=20,batch=5,every=10m,lane=urgent"],
+        lanes={"urgent": 0, "bulk": 800},
+        **policy,  # type: ignore[arg-type]
+    )
+    by = {r.name: r for r in sized.jobs}
+    assert by["update"].longest_wait <= 600  # within its own period
+    assert by["update"].calls == 72  # every run of 12 hours
+    assert by["backfill"].units > 0.8 * {r.name: r for r in fifo.jobs}["backfill"].units  # bulk still progresses
 
 
 def test_lane_errors() -> None:

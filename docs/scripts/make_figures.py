@@ -335,11 +335,47 @@ def case_study() -> list[Path]:
     return [balance, progress]
 
 
+def lanes() -> Path:
+    """The deal collector's two Keepa jobs for 12 hours, first come first served and with priority lanes."""
+    from tokenbucket import simulate as run
+
+    shape = {"capacity": 1200, "overdraft": 300, "min_start": 96, "duration": "12h", "seed": 1}
+    runs = (
+        ("first come, first served", "", {}, "tab:red"),
+        ("lanes: update urgent, backfill bulk (holds back 800)", "lane", {"urgent": 0, "bulk": 800}, "tab:green"),
+    )
+    fig, (ax, waits) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", width_ratios=(3, 1))
+    bars = []
+    for label, lane, lanes_, colour in runs:
+        jobs = ["backfill:cost=20,batch=planner,continuous", "update:cost=20,batch=5,every=10m"]
+        if lane:
+            jobs = [jobs[0] + ",lane=bulk", jobs[1] + ",lane=urgent"]
+        result = run("20/minute", jobs, lanes=lanes_ or None, **shape)  # type: ignore[arg-type]
+        by = {job.name: job for job in result.jobs}
+        for name, style in (("update", "-"), ("backfill", ":")):
+            job = by[name]
+            xs = [0.0] + [t / 3600 for t, _ in job.progress] + [12.0]
+            ys = [0] + [u for _, u in job.progress]
+            ys.append(ys[-1])
+            ax.step(xs, ys, where="post", color=colour, linestyle=style, label=f"{name}, {label}")
+        bars.append((label.split(":")[0], by["update"].longest_wait / 60, colour))
+    ax.set_xlabel("hours")
+    ax.set_ylabel("items fetched")
+    ax.set_title("20 tokens/minute, bucket 1200, overdraft 300: tokenbucket simulate", fontsize=10)
+    ax.legend(loc="upper left", frameon=False, fontsize=7)
+    waits.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    waits.set_ylabel("minutes")
+    waits.set_title("the update's longest wait", fontsize=10)
+    waits.tick_params(axis="x", labelsize=8)
+    return _save(fig, "lanes.svg")
+
+
 FIGURES: dict[str, Callable[[], Path | list[Path]]] = {
     "case-study": case_study,
     "strict-vs-overdraft": strict_vs_overdraft,
     "fairness": fairness,
     "two-bandwidths": two_bandwidths,
+    "lanes": lanes,
 }
 
 
