@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from deals_app.incident import LEASE_TTL, replay
+from deals_app.incident import LEASE_TTL, replay, replay_lanes
 
 Cli = Callable[..., tuple[int, str, str]]
 
@@ -32,6 +32,17 @@ def test_old_configuration_stalls_and_tokenbucket_progresses() -> None:
     assert old.refused > 10
 
 
+def test_with_lanes_the_update_collects_more_and_waits_less() -> None:
+    _, fifo = replay(hours=6)
+    laned = replay_lanes(hours=6)
+    assert laned.collected > fifo.collected  # the update's output: deals with their recent history
+    median = [sorted(r.update_waits)[len(r.update_waits) // 2] for r in (laned, fifo)]
+    assert median[0] < median[1]
+    assert laned.backfilled > 0  # the bulk lane still progresses
+    assert laned.refused == 0
+    assert laned.peak_debt <= 300 + 20
+
+
 def test_replay_is_deterministic() -> None:
     assert replay(hours=2, seed=5)[1].as_dict() == replay(hours=2, seed=5)[1].as_dict()
 
@@ -42,12 +53,15 @@ def test_cli_prints_the_table_and_json(cli: Cli) -> None:
     assert "old configuration" in out
     assert "tokenbucket" in out
     assert "backfill dead after its holder crashed" in out
+    assert "with lanes" in out
+    assert "update call wait, median" in out
     assert "longest stall: the longest stretch of virtual time in which no deal's history was fetched" in out
     status, out, _ = cli("replay-incident", "--hours", "2", "--json")
     assert status == 0
     data = json.loads(out)
     assert data["old"]["per_hour"][1] == 0
     assert data["tokenbucket"]["per_hour"][1] > 0
+    assert data["lanes"]["update_longest_wait_seconds"] > 0
 
 
 def test_cli_rejects_a_too_short_replay(cli: Cli) -> None:

@@ -534,10 +534,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not 2 <= args.hours <= 72:
         raise AppError(f"--hours must be between 2 and 72, got {args.hours}")
     old, new = incident.replay(args.hours, args.seed)
+    laned = incident.replay_lanes(args.hours, args.seed)
     if args.json:
-        print(json.dumps({"old": old.as_dict(), "tokenbucket": new.as_dict()}, indent=2))
+        print(json.dumps({"old": old.as_dict(), "tokenbucket": new.as_dict(), "lanes": laned.as_dict()}, indent=2))
     else:
-        print(incident.report(old, new))
+        print(incident.report(old, new, laned))
     return 0
 
 
