@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from oracle import Upstream, replay
 from redis_servers import RedisServer
@@ -256,30 +256,42 @@ def test_urgent_work_within_the_margins_passes_bulk_as_if_it_were_not_there(
     assert passing.start == pytest.approx(alone.start)
 
 
-@pytest.mark.parametrize("urgent_rate", [0.2, 0.5])
-def test_bulk_progresses_on_what_urgent_work_leaves(urgent_rate: float) -> None:
-    """An urgent caller spends `urgent_rate` of a 1/s bucket; a bulk caller back to back gets the rest."""
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    urgent_rate=st.sampled_from([0.1, 0.2, 0.5, 0.7]),
+    urgent_cost=st.sampled_from([1, 2]),
+    bulk_cost=st.sampled_from([3, 5, 8]),
+)
+def test_bulk_progresses_on_what_urgent_work_leaves(urgent_rate: float, urgent_cost: int, bulk_cost: int) -> None:
+    """An urgent caller spends `urgent_rate` of a 1/s bucket in calls of `urgent_cost`; a bulk caller back to
+    back gets the rest, and the urgent one never waits longer than its own refill needs."""
     clock = manual()
+    # The hold-back covers the urgent work that arrives while one bulk call waits for its tokens (which come
+    # at the leftover rate), plus one urgent call.
+    hold = math.ceil(urgent_rate * bulk_cost / (1 - urgent_rate)) + urgent_cost + 1
+    assume(hold + bulk_cost <= 20)
     bucket = TokenBucket(
-        "shared", "1/second", capacity=20, lanes={"urgent": 0, "bulk": 5}, backend=MemoryBackend(), clock=clock
+        "shared", "1/second", capacity=20, lanes={"urgent": 0, "bulk": hold}, backend=MemoryBackend(), clock=clock
     )
     horizon = 2000.0
+    every = urgent_cost / urgent_rate
     next_urgent, urgent_waits = 0.0, []
-    bulk = bucket.reserve(5, lane="bulk")
+    bulk = bucket.reserve(bulk_cost, lane="bulk")
     bulk_tokens = 0.0
     while clock.now() < horizon:
         if next_urgent <= bulk.start:
             clock.set(max(clock.now(), next_urgent))
-            res = bucket.reserve(1, lane="urgent")
+            res = bucket.reserve(urgent_cost, lane="urgent")
             urgent_waits.append(res.delay)
-            next_urgent += 1 / urgent_rate
+            next_urgent += every
         else:
             clock.set(max(clock.now(), bulk.start))
             bulk.wait()
-            bulk_tokens += 5
-            bulk = bucket.reserve(5, lane="bulk")
-    assert bulk_tokens >= (1 - urgent_rate) * horizon - 20 - 5 - 5  # the leftover rate, less a bucket
-    assert max(urgent_waits) <= 1.0  # urgent never waits behind the bulk caller's reservations
+            bulk_tokens += bulk_cost
+            bulk = bucket.reserve(bulk_cost, lane="bulk")
+    leftover = (1 - urgent_rate) * horizon
+    assert bulk_tokens >= leftover - 20 - hold - 2 * bulk_cost  # the leftover rate, less a bucket and a call
+    assert max(urgent_waits) <= urgent_cost + 1e-9  # at worst its own refill: never behind the bulk caller
 
 
 # --------------------------------------------------------------------------- Lua == model
