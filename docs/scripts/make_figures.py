@@ -370,12 +370,63 @@ def lanes() -> Path:
     return _save(fig, "lanes.svg")
 
 
+def concurrency() -> Path:
+    """Six workers asking a slot a second apart, three calls of 10 s each, under a limit of 2.
+
+    Driven through the real store of `ConcurrencyLimit` (`MemoryBackend`'s slots, in virtual time): a
+    worker asks, waits in line if it must, and asks again when a release serves it.
+    """
+    import heapq
+
+    from tokenbucket.backends import LeaseOwner
+
+    clock = ManualClock(0.0, autojump=False)
+    store = MemoryBackend(clock)
+    owner = LeaseOwner("host", 1, "figure")
+    events: list[tuple[float, int, str, int]] = [(i * 1.0, i, "ask", i) for i in range(6)]  # (time, order, kind, who)
+    heapq.heapify(events)
+    order = 6
+    calls_left = dict.fromkeys(range(6), 3)
+    waiting: list[int] = []
+    spans: list[tuple[int, float, float]] = []
+    while events:
+        t, _, kind, who = heapq.heappop(events)
+        clock.set(max(clock.now(), t))
+        asking = [who] if kind == "ask" else []
+        if kind == "done":
+            store.slot_release("fig", f"w{who}")
+            calls_left[who] -= 1
+            if calls_left[who]:
+                heapq.heappush(events, (clock.now() + 0.5, order, "ask", who))
+                order += 1
+            asking = list(waiting)  # a release may serve the front of the line
+        for w in asking:
+            if store.slot_acquire("fig", f"w{w}", 2, 60.0, owner, 60.0)[0]:
+                if w in waiting:
+                    waiting.remove(w)
+                spans.append((w, clock.now(), clock.now() + 10.0))
+                heapq.heappush(events, (clock.now() + 10.0, order, "done", w))
+                order += 1
+            elif w not in waiting:
+                waiting.append(w)
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    colours = plt.get_cmap("tab10")
+    for w, began, ended in spans:
+        ax.barh(w, ended - began, left=began, color=colours(w), edgecolor="white")
+    ax.set_yticks(range(6), [f"worker {w}" for w in range(6)])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("ConcurrencyLimit(limit=2): two at a time, served in the order they asked", fontsize=10)
+    return _save(fig, "concurrency.svg")
+
+
 FIGURES: dict[str, Callable[[], Path | list[Path]]] = {
     "case-study": case_study,
     "strict-vs-overdraft": strict_vs_overdraft,
     "fairness": fairness,
     "two-bandwidths": two_bandwidths,
     "lanes": lanes,
+    "concurrency": concurrency,
 }
 
 
