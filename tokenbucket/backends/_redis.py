@@ -767,9 +767,23 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         """
         call = self._call_id()
         args = self._reserve_args(policy, cost, max_wait, now, call)
+        return self._charge("reserve", key, policy, cost, args, call, now, max_wait)
+
+    def _charge(
+        self,
+        op: str,
+        key: str,
+        policy: Policy,
+        cost: float,
+        args: list[bytes],
+        call: bytes,
+        now: float | None,
+        max_wait: float | None,
+    ) -> Ticket:
+        """Run a charging script (``reserve``, ``reserve_lane``); a reply that never came is given back later."""
         deadline = self._deadline(max_wait)
         try:
-            reply = self._bucket("reserve", key, args, deadline)
+            reply = self._bucket(op, key, args, deadline)
         except BackendError as exc:
             return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
         return self._answered(reply)
@@ -783,12 +797,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         """
         call = self._call_id()
         args = self._lane_args(policy, cost, hold, max_wait, now, call)
-        deadline = self._deadline(max_wait)
-        try:
-            reply = self._bucket("reserve_lane", key, args, deadline)
-        except BackendError as exc:
-            return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
-        return self._answered(reply)
+        return self._charge("reserve_lane", key, policy, cost, args, call, now, max_wait)
 
     def reserve_all(
         self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
@@ -1042,9 +1051,23 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         """See `RedisBackend.reserve`."""
         call = self._call_id()
         args = self._reserve_args(policy, cost, max_wait, now, call)
+        return await self._charge("reserve", key, policy, cost, args, call, now, max_wait)
+
+    async def _charge(
+        self,
+        op: str,
+        key: str,
+        policy: Policy,
+        cost: float,
+        args: list[bytes],
+        call: bytes,
+        now: float | None,
+        max_wait: float | None,
+    ) -> Ticket:
+        """See `RedisBackend._charge`."""
         deadline = self._deadline(max_wait)
         try:
-            reply = await self._bucket("reserve", key, args, deadline)
+            reply = await self._bucket(op, key, args, deadline)
         except BackendError as exc:
             return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
         return self._answered(reply)
@@ -1055,12 +1078,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         """See `RedisBackend.reserve_lane`."""
         call = self._call_id()
         args = self._lane_args(policy, cost, hold, max_wait, now, call)
-        deadline = self._deadline(max_wait)
-        try:
-            reply = await self._bucket("reserve_lane", key, args, deadline)
-        except BackendError as exc:
-            return self._unanswered(exc, _Lost(key, policy, call, cost, now, time.monotonic()), deadline)
-        return self._answered(reply)
+        return await self._charge("reserve_lane", key, policy, cost, args, call, now, max_wait)
 
     async def reserve_all(
         self, parts: Sequence[tuple[str, Policy, float]], max_wait: float | None, now: float | None
