@@ -519,6 +519,7 @@ class _LockBase(Listened, Generic[_L]):
     _protocol = "tokenbucket.backends.LeaseBackend"
     _renew_op = "lease_renew"
     _release_op = "lease_release"
+    _break_op = "lease_break"
 
     def __init__(
         self,
@@ -581,17 +582,21 @@ class _LockBase(Listened, Generic[_L]):
     def _break_flow(self, expect_fence: int) -> _Flow[LeaseInfo]:
         if isinstance(expect_fence, bool) or not isinstance(expect_fence, int):
             raise TypeError(f"expect_fence must be an int, not {type(expect_fence).__name__}")
-        reply: tuple[bool, LeaseInfo | None] = yield _Call("lease_break", self.name, expect_fence)
+        reply: tuple[bool, LeaseInfo | None] = yield _Call(self._break_op, self.name, expect_fence)
         ok, info = reply
         if not ok or info is None:
-            if info is None:
-                raise LeaseError(f"lease {self.name!r} is not held by anyone; nothing to break")
-            raise LeaseError(
-                f"lease {self.name!r} has fence {info.fence}, not {expect_fence}: it is {info.describe()}; "
-                "nothing was broken (inspect it again and pass the fence you see)"
-            )
+            raise self._refused_break(expect_fence, info)
         self._emit("broken", info.fence, info.owner, f"broken with expect_fence={expect_fence}")
         return info
+
+    def _refused_break(self, expect_fence: int, info: LeaseInfo | None) -> LeaseError:
+        """Why nothing was broken: nobody holds the lease, or its fence is another."""
+        if info is None:
+            return LeaseError(f"lease {self.name!r} is not held by anyone; nothing to break")
+        return LeaseError(
+            f"lease {self.name!r} has fence {info.fence}, not {expect_fence}: it is {info.describe()}; "
+            "nothing was broken (inspect it again and pass the fence you see)"
+        )
 
     def _acquire_flow(self, blocking: bool, timeout: float | None) -> _Flow[_L]:
         if not isinstance(blocking, bool):

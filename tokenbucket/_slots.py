@@ -85,6 +85,7 @@ class _LimitBase(_LockBase[Any]):
     _protocol = "tokenbucket.backends.SlotBackend"
     _renew_op = "slot_renew"
     _release_op = "slot_release"
+    _break_op = "slot_break"
 
     def __init__(
         self,
@@ -132,18 +133,11 @@ class _LimitBase(_LockBase[Any]):
         line = f", {ahead} ahead in line" if ahead else ""
         return NotAcquired(f"concurrency limit {self.name!r}: all {self.limit} slots are taken{line}{tail}", None)
 
-    def _break_slot_flow(self, expect_fence: int) -> _Flow[LeaseInfo]:
-        if isinstance(expect_fence, bool) or not isinstance(expect_fence, int):
-            raise TypeError(f"expect_fence must be an int, not {type(expect_fence).__name__}")
-        reply: tuple[bool, LeaseInfo | None] = yield _Call("slot_break", self.name, expect_fence)
-        ok, info = reply
-        if not ok or info is None:
-            raise LeaseError(
-                f"concurrency limit {self.name!r} has no slot with fence {expect_fence}; nothing was broken "
-                "(inspect it again and pass a fence you see)"
-            )
-        self._emit("broken", info.fence, info.owner, f"broken with expect_fence={expect_fence}")
-        return info
+    def _refused_break(self, expect_fence: int, info: LeaseInfo | None) -> LeaseError:
+        return LeaseError(
+            f"concurrency limit {self.name!r} has no slot with fence {expect_fence}; nothing was broken "
+            "(inspect it again and pass a fence you see)"
+        )
 
     def _slot_flow(self, blocking: bool, timeout: float | None) -> _Flow[Any]:
         if not isinstance(blocking, bool):
@@ -319,7 +313,7 @@ class ConcurrencyLimit(_LimitBase):
         Raises:
             LeaseError: no slot has that fence (nothing changed).
         """
-        info: LeaseInfo = _drive(self, self._break_slot_flow(expect_fence))
+        info: LeaseInfo = _drive(self, self._break_flow(expect_fence))
         return info
 
     def __enter__(self) -> Slot:
@@ -411,5 +405,5 @@ class AsyncConcurrencyLimit(_LimitBase):
 
     async def break_slot(self, expect_fence: int) -> LeaseInfo:
         """See `ConcurrencyLimit.break_slot`."""
-        info: LeaseInfo = await _adrive(self, self._break_slot_flow(expect_fence))
+        info: LeaseInfo = await _adrive(self, self._break_flow(expect_fence))
         return info
