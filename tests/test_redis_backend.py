@@ -59,7 +59,8 @@ def test_scripts_are_package_data_with_headers() -> None:
         flag, text = text.split("\n", 1)
         writes = "false" if op == "snapshot" else "true"  # only snapshot merely reads
         adopt = "true" if op == "reconfigure" else "false"  # only reconfigure replaces the policy
-        records = f"'{op}'" if op in ("reserve", "settle") else "false"  # the two that are not idempotent
+        # the two that are not idempotent; a reserve carries one call id per request it reserves for
+        records = {"reserve": "'each'", "settle": "'settle'"}.get(op, "false")
         refunds = "true" if op in ("cancel", "settle", "void") else "false"  # the ones that give tokens back
         assert flag == f"local WRITES, ADOPT, RECORDS, REFUNDS = {writes}, {adopt}, {records}, {refunds}"
         assert text.startswith("-- tokenbucket: the bucket arithmetic")  # then the shared prelude

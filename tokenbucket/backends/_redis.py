@@ -67,8 +67,9 @@ def lua_source(name: str) -> str:
     A ``bucket_*`` script is returned with the shared prelude ``bucket.lua``
     in front of it, ready for ``SCRIPT LOAD``, and before that the line
     setting the prelude's ``WRITES`` (false only for ``bucket_snapshot``),
-    ``ADOPT`` (true only for ``bucket_reconfigure``), ``RECORDS`` (``'reserve'``
-    and ``'settle'`` for those two, which remember their calls; else false) and
+    ``ADOPT`` (true only for ``bucket_reconfigure``), ``RECORDS`` (``'each'`` for
+    ``bucket_reserve``, ``'reserve'`` for ``bucket_reserve_lane``, ``'settle'`` for
+    ``bucket_settle``: the scripts that remember their calls; else false) and
     ``REFUNDS`` (true for ``bucket_cancel``, ``bucket_settle``, ``bucket_void``).
 
     Raises:
@@ -80,7 +81,7 @@ def lua_source(name: str) -> str:
         writes = "false" if name == "bucket_snapshot" else "true"
         prelude = folder.joinpath("bucket.lua").read_text(encoding="utf-8")
         adopt = "true" if name == "bucket_reconfigure" else "false"
-        records = {"bucket_reserve": "'reserve'", "bucket_reserve_lane": "'reserve'", "bucket_settle": "'settle'"}.get(
+        records = {"bucket_reserve": "'each'", "bucket_reserve_lane": "'reserve'", "bucket_settle": "'settle'"}.get(
             name, "false"
         )
         refunds = "true" if name in ("bucket_cancel", "bucket_settle", "bucket_void") else "false"
@@ -158,6 +159,33 @@ class _Lost:
 _LOST_LIMIT = 10_000
 """Lost reserves a backend remembers at most, to give back."""
 
+BATCH_MAX = 16
+"""The most reserves one coalesced call carries: half the 32 calls the ring of ``lua/bucket.lua``
+remembers, so a batch retried after a dropped connection still finds each of its calls there."""
+
+_Outcome = Ticket | BaseException
+"""What a reserve that went out in a coalesced call comes to: its ticket, or the error to raise."""
+
+
+class _Request:
+    """A reserve waiting in its bucket's line to go out with the next coalesced call.
+
+    ``args`` are its ARGV (see ``lua/bucket_reserve.lua``: time, policy, cost,
+    max_wait, call id); ``ready`` is set (a `threading.Event`) or resolved (an
+    asyncio future) once its ``outcome`` is known, or, for threads, when it is
+    to lead the next call (``batch``: the requests that call carries).
+    """
+
+    __slots__ = ("abandoned", "args", "batch", "cost", "outcome", "ready")
+
+    def __init__(self, cost: float, args: list[bytes], ready: Any) -> None:
+        self.cost = cost
+        self.args = args
+        self.ready = ready
+        self.batch: list[_Request] | None = None
+        self.outcome: _Outcome | None = None
+        self.abandoned = False  # its caller stopped waiting after it went out: its tokens are given back
+
 
 def _maybe_ran(exc: BackendError) -> bool:
     """Whether the call behind ``exc`` may have reached Redis (not a connection that was never made)."""
@@ -211,6 +239,7 @@ class _RedisCommon:
         prefix: str,
         on_unavailable: OnUnavailable,
         idle_ttl: float,
+        coalesce: bool,
         owns_client: bool,
     ) -> None:
         if not isinstance(prefix, str):
@@ -222,7 +251,13 @@ class _RedisCommon:
         if on_unavailable not in _ON_UNAVAILABLE:
             raise ConfigurationError(f"on_unavailable must be 'raise', 'allow' or 'deny', not {on_unavailable!r}")
         idle = check_nonnegative("idle_ttl", idle_ttl)
+        if not isinstance(coalesce, bool):
+            raise TypeError(f"coalesce must be True or False, not {coalesce!r}")
         self._client = client
+        self._coalesce = coalesce
+        # The reserves waiting to go out, per line (bucket key, packed policy, time): a line is
+        # present while a reserve of it is out, and lists the requests that arrived meanwhile.
+        self._lines: dict[tuple[str, bytes, bytes], list[_Request]] = {}
         kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
         self._socket_timeout: float = kwargs.get("socket_timeout") or math.inf
         self._prefix = prefix
@@ -260,6 +295,11 @@ class _RedisCommon:
     def idle_ttl(self) -> float:
         """Seconds a full bucket with nothing pending is kept before Redis expires it."""
         return self._idle_ttl
+
+    @property
+    def coalesce(self) -> bool:
+        """Whether reserves made at once in this process for one bucket go out as one script call."""
+        return self._coalesce
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe_server(self._client)}, prefix={self._prefix!r})"
@@ -392,6 +432,45 @@ class _RedisCommon:
                 self._lose(more)
         admitted, seconds, _ = self._unanswered(exc, lost[0], deadline)
         return admitted, seconds, (None,) * len(parts) if admitted else ()
+
+    def _joins_line(self, max_wait: float | None) -> bool:
+        """Whether a reserve with ``max_wait`` is coalesced: when on, unless its reply wait is bounded."""
+        return self._coalesce and self._deadline(max_wait) is None
+
+    def _take_batch(self, line: tuple[str, bytes, bytes]) -> list[_Request] | None:
+        """The requests of ``line`` the next call carries (up to `BATCH_MAX`), or None when none waits.
+
+        With none waiting the line is closed: the next reserve goes straight out. Called under the lines' lock.
+        """
+        waiting = self._lines[line]
+        if not waiting:
+            del self._lines[line]
+            return None
+        batch = waiting[:BATCH_MAX]
+        del waiting[:BATCH_MAX]
+        return batch
+
+    def _batch_outcomes(
+        self, key: str, policy: Policy, now: float | None, batch: list[_Request], reply: Any, sent: float
+    ) -> list[_Outcome]:
+        """The outcome of each request of a coalesced call from its reply, or from the `BackendError` it raised."""
+        if not isinstance(reply, BackendError):
+            self._answered(None)
+            return [_ticket(each) for each in reply.split(b"," if isinstance(reply, bytes) else ",")]
+        outcomes: list[_Outcome] = []
+        for request in batch:
+            lost = _Lost(key, policy, request.args[-1], request.cost, now, sent)
+            try:
+                outcomes.append(self._unanswered(reply, lost, None))
+            except BackendError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _abandon(self, key: str, policy: Policy, now: float | None, request: _Request, sent: float) -> None:
+        """Give back the tokens of a request that went out and whose caller stopped waiting."""
+        outcome = request.outcome  # (giving back is idempotent: a call given back already gets nothing more)
+        if isinstance(outcome, tuple) and outcome[0]:
+            self._lose(_Lost(key, policy, request.args[-1], request.cost, now, sent))
 
     def _reserve_args(
         self, policy: Policy, cost: float, max_wait: float | None, now: float | None, call: bytes
@@ -563,6 +642,17 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
       `tokenbucket.AcquireTimeout` with ``retry_after`` of one second, and
       ``try_acquire`` returns None (fail closed).
 
+    Many callers in one process (``coalesce``, on by default): a reserve
+    made while another reserve of the same bucket is out waits in the
+    bucket's line, and the requests waiting there go out together in the
+    next call (at most 16), which reserves for each in arrival order
+    at one server time: the result of one call per request in that order,
+    in fewer round trips. A lone reserve goes straight out. A reserve whose
+    reply wait its ``max_wait`` bounds (shorter than the socket timeout),
+    ``reserve_lane`` and ``reserve_all`` always go out on their own. A
+    caller interrupted while waiting in line is charged nothing; one whose
+    call went out has its tokens given back as for a lost reply.
+
     A warning is logged (logger ``tokenbucket.redis``) when an outage starts
     and when it ends. ``cancel``, ``settle``, ``sync`` and ``snapshot``
     raise `tokenbucket.BackendError` in every mode, except that ``cancel``
@@ -576,9 +666,12 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         prefix: Put in front of every bucket name in key names (default ``"tb:"``); no braces.
         on_unavailable: ``"raise"``, ``"allow"`` or ``"deny"`` (see above).
         idle_ttl: Seconds a full bucket with nothing pending is kept (default 60).
+        coalesce: Send the reserves that callers of this backend make at once
+            for one bucket in one call (default True; see above); False sends
+            each in a call of its own.
 
     Raises:
-        TypeError: ``client`` is not a synchronous redis-py client.
+        TypeError: ``client`` is not a synchronous redis-py client, or ``coalesce`` is not a bool.
         ConfigurationError: ``prefix``, ``on_unavailable`` or ``idle_ttl`` has a bad value.
     """
 
@@ -592,6 +685,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         prefix: str = "tb:",
         on_unavailable: OnUnavailable = "raise",
         idle_ttl: float = 60.0,
+        coalesce: bool = True,
         _owns_client: bool = False,
     ) -> None:
         import redis.asyncio
@@ -602,12 +696,18 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         if not callable(getattr(client, "register_script", None)):
             raise TypeError(f"client must be a redis.Redis or redis.cluster.RedisCluster, not {type(client).__name__}")
         super().__init__(
-            client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, owns_client=_owns_client
+            client,
+            prefix=prefix,
+            on_unavailable=on_unavailable,
+            idle_ttl=idle_ttl,
+            coalesce=coalesce,
+            owns_client=_owns_client,
         )
         # A client with a pool of its own connections (not a cluster's, not a single shared one) lets a
         # reserve wait for its reply no longer than its caller's timeout.
         self._by_connection = hasattr(client, "connection_pool") and getattr(client, "connection", None) is None
         self._lost_lock = threading.Lock()
+        self._lines_lock = threading.Lock()
         self._mend_lock = threading.Lock()  # one give-back pass at a time
         self._mender: threading.Thread | None = None
 
@@ -619,6 +719,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         prefix: str = "tb:",
         on_unavailable: OnUnavailable = "raise",
         idle_ttl: float = 60.0,
+        coalesce: bool = True,
         cluster: bool = False,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
@@ -641,6 +742,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
             prefix: As for the constructor.
             on_unavailable: As for the constructor.
             idle_ttl: As for the constructor.
+            coalesce: As for the constructor.
             cluster: Connect with ``redis.cluster.RedisCluster`` (``url`` names one node).
             socket_timeout: Seconds to wait for a reply.
             connect_timeout: Seconds to wait for a connection.
@@ -662,7 +764,14 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
             import redis
 
             client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url, **kwargs))
-        return cls(client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, _owns_client=True)
+        return cls(
+            client,
+            prefix=prefix,
+            on_unavailable=on_unavailable,
+            idle_ttl=idle_ttl,
+            coalesce=coalesce,
+            _owns_client=True,
+        )
 
     @property
     def client(self) -> SyncClient:
@@ -764,10 +873,129 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         so the caller's `tokenbucket.AcquireTimeout` comes in time). A reserve
         whose reply never came is given back in the background once Redis
         answers: cancelled if it waits, refunded if it started.
+
+        With ``coalesce`` (the default), a reserve made while another one of
+        the same bucket is out waits for it and goes out with the others that
+        arrived meanwhile, in one call (see the class docstring); a lone one
+        goes straight out.
         """
         call = self._call_id()
         args = self._reserve_args(policy, cost, max_wait, now, call)
+        if self._joins_line(max_wait):
+            return self._coalesced(key, policy, cost, args, now)
         return self._charge("reserve", key, policy, cost, args, call, now, max_wait)
+
+    # ------------------------------------------------------------ coalescing
+
+    def _coalesced(self, key: str, policy: Policy, cost: float, args: list[bytes], now: float | None) -> Ticket:
+        """Reserve in the bucket's line: straight out when nothing of it is out, else with the next call.
+
+        The thread whose call comes back hands the line to the first request
+        waiting, which sends the call for the requests waiting then.
+        """
+        line = (key, args[1], args[0])
+        with self._lines_lock:
+            waiting = self._lines.get(line)
+            if waiting is None:
+                self._lines[line] = []
+                mine = None
+            else:
+                mine = _Request(cost, args, threading.Event())
+                waiting.append(mine)
+        if mine is None:
+            try:
+                return self._charge("reserve", key, policy, cost, args, args[-1], now, None)
+            finally:
+                self._hand_on(line)
+        try:
+            mine.ready.wait()
+        except BaseException:
+            self._leave(line, key, policy, now, mine)
+            raise
+        if mine.batch is not None:  # this thread sends the next call
+            self._send_batch(line, key, policy, now, mine.batch)
+        outcome = mine.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def _hand_on(self, line: tuple[str, bytes, bytes]) -> None:
+        """Wake the first request waiting in ``line`` to send the next call, or close the line."""
+        with self._lines_lock:
+            batch = self._take_batch(line)
+            if batch is not None:
+                batch[0].batch = batch
+                batch[0].ready.set()
+
+    def _send_batch(
+        self, line: tuple[str, bytes, bytes], key: str, policy: Policy, now: float | None, batch: list[_Request]
+    ) -> None:
+        """Send one call reserving for every request of ``batch``, in order, and give each its outcome."""
+        sent = time.monotonic()
+        try:
+            if len(batch) == 1:
+                request = batch[0]
+                ticket = self._charge("reserve", key, policy, request.cost, request.args, request.args[-1], now, None)
+                outcomes: list[_Outcome] = [ticket]
+            else:
+                args = batch[0].args[:2]
+                for request in batch:
+                    args += request.args[2:]
+                try:
+                    reply: Any = self._bucket("reserve", key, args)
+                except BackendError as exc:
+                    if isinstance(exc, PolicyMismatch):
+                        raise
+                    reply = exc
+                outcomes = self._batch_outcomes(key, policy, now, batch, reply, sent)
+        except Exception as exc:  # (PolicyMismatch): every request of the call gets it
+            outcomes = [exc] * len(batch)
+        except BaseException:  # interrupted (KeyboardInterrupt) with the reply not read
+            for request in batch:
+                self._lose(_Lost(key, policy, request.args[-1], request.cost, now, sent))
+            gone = BackendError(f"the call reserving on bucket {key!r} was interrupted before its reply came")
+            for request in batch:
+                request.outcome = gone
+                request.ready.set()
+            self._hand_on(line)
+            raise
+        self._hand_on(line)
+        abandoned = []
+        with self._lines_lock:
+            for request, outcome in zip(batch, outcomes, strict=True):
+                request.outcome = outcome
+                if request.abandoned:
+                    abandoned.append(request)
+                request.ready.set()
+        for request in abandoned:
+            self._abandon(key, policy, now, request, sent)
+
+    def _leave(
+        self, line: tuple[str, bytes, bytes], key: str, policy: Policy, now: float | None, mine: _Request
+    ) -> None:
+        """A waiting caller was interrupted: take its request out, or pass on the call it was to send."""
+        with self._lines_lock:
+            waiting = self._lines.get(line)
+            if waiting is not None and mine in waiting:
+                waiting.remove(mine)  # it never went out: nothing was charged
+                return
+            batch, mine.batch = mine.batch, None
+            if batch is not None and mine.outcome is None:  # it was to send the next call: the next one sends it
+                rest = [request for request in batch if request is not mine]
+                if rest:
+                    rest[0].batch = rest
+                    rest[0].ready.set()
+                    return
+                batch = self._take_batch(line)
+                if batch is not None:
+                    batch[0].batch = batch
+                    batch[0].ready.set()
+                return
+            mine.abandoned = True
+            done = mine.outcome is not None
+        if done:  # its call came back already
+            self._abandon(key, policy, now, mine, time.monotonic())
 
     def _charge(
         self,
@@ -923,8 +1151,9 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         ...
         await backend.aclose()
 
-    Where the state lives, what happens when it is lost, which clock is read
-    and what ``on_unavailable`` does: as for `RedisBackend`.
+    Where the state lives, what happens when it is lost, which clock is read,
+    what ``on_unavailable`` does and how reserves made at once are coalesced:
+    as for `RedisBackend`.
 
     Args:
         client: A ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``.
@@ -932,9 +1161,11 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         prefix: Put in front of every bucket name in key names (default ``"tb:"``); no braces.
         on_unavailable: ``"raise"``, ``"allow"`` or ``"deny"`` (see above).
         idle_ttl: Seconds a full bucket with nothing pending is kept (default 60).
+        coalesce: As for `RedisBackend`: the reserves that tasks make at once
+            for one bucket go out in one call (default True).
 
     Raises:
-        TypeError: ``client`` is not a redis-py asyncio client.
+        TypeError: ``client`` is not a redis-py asyncio client, or ``coalesce`` is not a bool.
         ConfigurationError: ``prefix``, ``on_unavailable`` or ``idle_ttl`` has a bad value.
     """
 
@@ -945,6 +1176,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         prefix: str = "tb:",
         on_unavailable: OnUnavailable = "raise",
         idle_ttl: float = 60.0,
+        coalesce: bool = True,
         _owns_client: bool = False,
     ) -> None:
         import redis.asyncio
@@ -956,9 +1188,15 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
                 f"{type(client).__name__}; use RedisBackend for a synchronous one"
             )
         super().__init__(
-            client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, owns_client=_owns_client
+            client,
+            prefix=prefix,
+            on_unavailable=on_unavailable,
+            idle_ttl=idle_ttl,
+            coalesce=coalesce,
+            owns_client=_owns_client,
         )
         self._mender: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # the coalesced calls out now
 
     @classmethod
     def from_url(
@@ -968,6 +1206,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         prefix: str = "tb:",
         on_unavailable: OnUnavailable = "raise",
         idle_ttl: float = 60.0,
+        coalesce: bool = True,
         cluster: bool = False,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
@@ -986,7 +1225,14 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
             import redis.asyncio
 
             client = redis.asyncio.Redis.from_pool(redis.asyncio.BlockingConnectionPool.from_url(url, **kwargs))
-        return cls(client, prefix=prefix, on_unavailable=on_unavailable, idle_ttl=idle_ttl, _owns_client=True)
+        return cls(
+            client,
+            prefix=prefix,
+            on_unavailable=on_unavailable,
+            idle_ttl=idle_ttl,
+            coalesce=coalesce,
+            _owns_client=True,
+        )
 
     @property
     def client(self) -> AsyncClient:
@@ -1051,7 +1297,83 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         """See `RedisBackend.reserve`."""
         call = self._call_id()
         args = self._reserve_args(policy, cost, max_wait, now, call)
+        if self._joins_line(max_wait):
+            return await self._coalesced(key, policy, cost, args, now)
         return await self._charge("reserve", key, policy, cost, args, call, now, max_wait)
+
+    # ------------------------------------------------------------ coalescing
+
+    async def _coalesced(self, key: str, policy: Policy, cost: float, args: list[bytes], now: float | None) -> Ticket:
+        """See `RedisBackend._coalesced`; the next call goes out from a task of its own."""
+        line = (key, args[1], args[0])
+        waiting = self._lines.get(line)
+        if waiting is None:
+            self._lines[line] = []
+            try:
+                return await self._charge("reserve", key, policy, cost, args, args[-1], now, None)
+            finally:
+                self._hand_on(line, key, policy, now)
+        mine = _Request(cost, args, asyncio.get_running_loop().create_future())
+        waiting.append(mine)
+        try:
+            ticket: Ticket = await mine.ready
+        except asyncio.CancelledError:
+            if mine in waiting:
+                waiting.remove(mine)  # it never went out: nothing was charged
+            else:
+                mine.abandoned = True  # its call is out: its tokens are given back when the reply comes
+            raise
+        return ticket
+
+    def _hand_on(self, line: tuple[str, bytes, bytes], key: str, policy: Policy, now: float | None) -> None:
+        """Send the next call of ``line`` for the requests waiting in it, or close the line."""
+        batch = self._take_batch(line)
+        if batch is not None:
+            task = asyncio.get_running_loop().create_task(self._send_batch(line, key, policy, now, batch))
+            self._sending.add(task)  # (the loop keeps only a weak reference)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(
+        self, line: tuple[str, bytes, bytes], key: str, policy: Policy, now: float | None, batch: list[_Request]
+    ) -> None:
+        """See `RedisBackend._send_batch`."""
+        sent = time.monotonic()
+        try:
+            if len(batch) == 1:
+                request = batch[0]
+                ticket = await self._charge(
+                    "reserve", key, policy, request.cost, request.args, request.args[-1], now, None
+                )
+                outcomes: list[_Outcome] = [ticket]
+            else:
+                args = batch[0].args[:2]
+                for request in batch:
+                    args += request.args[2:]
+                try:
+                    reply: Any = await self._bucket("reserve", key, args)
+                except BackendError as exc:
+                    if isinstance(exc, PolicyMismatch):
+                        raise
+                    reply = exc
+                outcomes = self._batch_outcomes(key, policy, now, batch, reply, sent)
+        except Exception as exc:  # (PolicyMismatch): every request of the call gets it
+            outcomes = [exc] * len(batch)
+        except BaseException:  # the task was cancelled (the loop is closing) with the reply not read
+            for request in batch:
+                self._lose(_Lost(key, policy, request.args[-1], request.cost, now, sent))
+                request.ready.cancel()
+            raise
+        finally:
+            self._hand_on(line, key, policy, now)
+        for request, outcome in zip(batch, outcomes, strict=True):
+            request.outcome = outcome
+            future = request.ready
+            if request.abandoned or future.done():
+                self._abandon(key, policy, now, request, sent)
+            elif isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     async def _charge(
         self,

@@ -43,8 +43,10 @@
 -- policy that differs from the stored one). REFUNDS: true for the operations that give tokens
 -- back (bucket_cancel, bucket_settle, bucket_void). RECORDS: for the operations that are not
 -- idempotent by themselves ('reserve', 'settle'; else false): their calls are remembered in
--- the ring, and one found there is answered again, not applied again. The loader
--- (tokenbucket.backends._redis.lua_source) sets them on the line before this prelude.
+-- the ring, and one found there is answered again, not applied again; 'each' for
+-- bucket_reserve, which carries one call id per request it reserves for and looks each up
+-- itself (replayed). The loader (tokenbucket.backends._redis.lua_source) sets them on the
+-- line before this prelude.
 --
 -- A policy that differs from the stored one (its first five numbers: idle_ms may differ) is
 -- refused with the error 'tokenbucket-policy <capacity> <refill> <overdraft> <min_start>
@@ -58,7 +60,7 @@ local call, tonumber, sformat, pack, unpack_doubles = redis.call, tonumber, stri
 local NONE = -math.huge -- the stored start of the last pending reservation when there is none
 local B, Q, C = KEYS[1], KEYS[2], KEYS[3]
 local RING = 32 * 16 -- bytes: the last 32 calls that charged
-local CALL = RECORDS and ARGV[#ARGV] or '' -- this call's id
+local CALL = RECORDS and RECORDS ~= 'each' and ARGV[#ARGV] or '' -- this call's id
 local policy = ARGV[2]
 if #policy ~= 48 then
   return redis.error_reply('ERR tokenbucket: the policy (ARGV[2]) must be 48 bytes, six packed doubles')
@@ -236,18 +238,19 @@ if REFUNDS then
 end
 
 -- A call that is in the ring already ran: this is its retry. Answer as it was answered
--- (what it charged stands), and change nothing.
+-- (what it charged stands), and change nothing. `at` is where the ring holds its mark.
+local function replayed(at)
+  local mark = unpack_doubles('<d', ring, at)
+  if mark < 0 then return 'void' end -- its client gave up on it (bucket_void)
+  if RECORDS == 'settle' then return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', promised()) end
+  if mark == 0 then return '1 0 0' end
+  local start = tonumber(call('ZSCORE', Q, sformat('%d', mark)))
+  local delay = start and math.max(0, start - now) or 0
+  return '1 ' .. sformat('%.17g', delay) .. ' ' .. sformat('%d', mark)
+end
 if CALL ~= '' then
   local at = find_call(CALL)
-  if at then
-    local mark = unpack_doubles('<d', ring, at)
-    if mark < 0 then return 'void' end -- its client gave up on it (bucket_void)
-    if RECORDS == 'settle' then return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', promised()) end
-    if mark == 0 then return '1 0 0' end
-    local start = tonumber(call('ZSCORE', Q, sformat('%d', mark)))
-    local delay = start and math.max(0, start - now) or 0
-    return '1 ' .. sformat('%.17g', delay) .. ' ' .. sformat('%d', mark)
-  end
+  if at then return replayed(at) end
 end
 
 -- ---------------------------------------------------------------- operation
