@@ -127,7 +127,7 @@ def _mem_throttled() -> _Op:
 
 _MEMORY_PEERS: dict[str, tuple[Callable[[], _Op], float]] = {
     "token-bucket": (_mem_token_bucket, 1.0),
-    "limits": (_mem_limits, 5.0),
+    "limits": (_mem_limits, 4.0),
     "pyrate-limiter": (_mem_pyrate, 5.0),
     "throttled-py": (_mem_throttled, 5.0),
 }
