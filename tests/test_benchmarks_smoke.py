@@ -24,6 +24,7 @@ TITLES = {
     "memory": "## 1. In memory",
     "asyncio": "## 2. asyncio",
     "redis": "## 3. Redis",
+    "concurrent": "## 3b. Redis, ",
     "fairness": "## 4. Fairness",
     "accuracy": "## 5. Accuracy",
     "scale": "## 6. Scale",
@@ -65,6 +66,17 @@ def test_our_in_process_figures_are_always_measured(reports: dict[str, SectionRe
     assert reports["footprint"].figures["bytes_per_bucket"] > 0
     for mode in ("threads", "asyncio"):
         assert reports["accuracy"].figures[f"memory_{mode}_overspend"] == 0
+
+
+@pytest.mark.realtime
+def test_the_concurrent_section_checks_its_ledger(reports: dict[str, SectionReport]) -> None:
+    rep = reports["concurrent"]
+    if "Redis not available" in rep.markdown():
+        pytest.skip("no Redis here")
+    for mode in ("threads", "asyncio"):
+        assert rep.figures[f"ledger_{mode}_overspend"] == 0
+        assert rep.figures[f"{mode}_ours_ops_per_s"] > 0
+    assert "| limits |" in rep.markdown()  # measured, or "peer not installed"
 
 
 @pytest.mark.realtime
