@@ -7,6 +7,7 @@ benchmark code itself as "peer not installed"; a missing Redis as "not available
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -95,6 +96,15 @@ def test_report_has_every_section(reports: dict[str, SectionReport]) -> None:
     assert "- Python: " in text
     for title in TITLES.values():
         assert title in text
+    assert text.index("## Targets") < text.index("## Design choices") < text.index(TITLES["memory"])
+
+
+def test_each_design_choice_is_two_sentences() -> None:
+    for name, *sentences in bench_run.DESIGN_CHOICES:
+        assert len(sentences) == 2, name
+        for sentence in sentences:
+            assert sentence.endswith("."), (name, sentence)
+            assert re.search(r"[^.]\. [A-Z]", sentence) is None, (name, sentence)  # one sentence each
 
 
 def test_main_writes_only_where_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
