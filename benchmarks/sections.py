@@ -872,7 +872,7 @@ def bench_concurrent(sizes: Sizes) -> SectionReport:
         what = f"concurrent {mode}: overspend, {n} callers on {sizes.ledger_rate:g}/s"
         rep.targets.append(Target.at_most(what, ledger.overspend, 0, str(ledger.overspend)))
     rep.lines.extend(["**Ledger**", ""])
-    rep.lines.extend(table(["callers are", "callers", "starts", "achieved ÷ rate", "overspend (tokens)"], rows))
+    rep.lines.extend(table(["callers as", "callers", "starts", "achieved ÷ rate", "overspend (tokens)"], rows))
     return rep
 
 
