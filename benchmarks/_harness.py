@@ -58,6 +58,12 @@ class Sizes:
     scale_rate: float
     scale_rounds: int
     footprint_keys: int
+    conc_callers: int
+    conc_warmup: float
+    conc_window: float
+    ledger_rate: float
+    ledger_capacity: float
+    ledger_seconds: float
 
     @classmethod
     def full(cls) -> Sizes:
@@ -78,6 +84,12 @@ class Sizes:
             scale_rate=2000.0,
             scale_rounds=3,
             footprint_keys=1_000_000,
+            conc_callers=64,
+            conc_warmup=0.2,
+            conc_window=0.5,
+            ledger_rate=2000.0,
+            ledger_capacity=20.0,
+            ledger_seconds=2.0,
         )
 
     @classmethod
@@ -99,6 +111,12 @@ class Sizes:
             scale_rate=500.0,
             scale_rounds=1,
             footprint_keys=10_000,
+            conc_callers=16,
+            conc_warmup=0.02,
+            conc_window=0.03,
+            ledger_rate=500.0,
+            ledger_capacity=20.0,
+            ledger_seconds=0.2,
         )
 
 

@@ -27,11 +27,72 @@ from pathlib import Path
 from ._harness import SectionReport, Sizes, peer_version, table, target_rows
 from .sections import SECTIONS
 
-__all__ = ["build_report", "main", "run_sections"]
+__all__ = ["DESIGN_CHOICES", "build_report", "main", "run_sections"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 PEERS = ["token-bucket", "limits", "pyrate-limiter", "throttled-py", "aiolimiter", "redis"]
+
+DESIGN_CHOICES: list[tuple[str, str, str]] = [
+    (
+        "A lock for each call in memory",
+        "`MemoryBackend` holds one lock for the few microseconds of each call, so threads sharing a bucket never "
+        "spend more than it holds.",
+        "Every in-memory figure pays for that lock; token-bucket's `MemoryStorage` takes none and pays nothing, "
+        'at the price of races its own docstring calls "mitigated but not completely eliminated".',
+    ),
+    (
+        "A fast path for plain requests",
+        "A plain request (a whole-number cost, no timeout, no `op` or `units`, one bandwidth, no listeners, a "
+        "store called directly) makes its one `reserve` call straight from the front end.",
+        "The general flow, which handles timeouts, lanes, cost models and events, would make exactly that call "
+        "and decide nothing else, so skipping it saves its overhead without changing the result.",
+    ),
+    (
+        "One EVALSHA per operation, the state in one key",
+        "Every bucket operation on Redis is one `EVALSHA` of a script that reads the state with one `GET` and "
+        "writes it back with one `SET ... PX` (value and TTL together): one round trip, one atomic step.",
+        "The state is one string of packed little-endian doubles (and the ring of recent calls), so the script "
+        "neither parses nor formats the numbers every call reads and writes.",
+    ),
+    (
+        "The server's clock",
+        "The scripts read Redis `TIME`, so every host computes refills and start times on one clock, however "
+        "far its own clock has drifted.",
+        "It costs one command inside the script, not a round trip; a front end given a clock of its own (such "
+        "as `ManualClock` in tests) passes its time instead.",
+    ),
+    (
+        "A ring of call ids",
+        "Each reserve and settle carries an 8-byte call id, and the bucket key keeps the last 32 calls that "
+        "charged, so a retried call finds itself there and is answered again instead of charged twice.",
+        "When a reply is lost, the backend gives the call's tokens back later in one step that uses the ring: "
+        "a call that ran is refunded once, and one that has not arrived yet is marked so it charges nothing.",
+    ),
+    (
+        "Coalescing concurrent reserves",
+        "Reserves for one bucket that wait in one process at the same moment are sent as one script call that "
+        "reserves for each in order, so round trips fall by the batch size with the same FIFO order and the "
+        "same guarantee as separate calls.",
+        "A lone caller has nobody to wait for and goes straight out, as without coalescing; `coalesce=False` "
+        "turns it off.",
+    ),
+    (
+        "hiredis as an optional extra",
+        "redis-py reads replies in pure Python unless hiredis is installed, and `pip install "
+        "'tokenbucket[redis-fast]'` adds it (`redis[hiredis]`) without making a compiled dependency a requirement.",
+        "The Redis section measures ours on both parsers and scores ours against the peers on the parser the "
+        "peers use.",
+    ),
+    (
+        "First-come first-served reservations instead of retry loops",
+        "A request that cannot start at once charges its cost at once (into debt if need be) and sleeps the "
+        "computed delay, so requests start in the order they asked and nobody polls.",
+        "With try-and-retry, small requests keep slipping in ahead of a large one; the fairness section "
+        "measures how long a large request waits among small ones under both designs.",
+    ),
+]
+"""The design choices the report explains: (name, two sentences)."""
 
 
 def _cpu_model() -> str:
@@ -123,6 +184,9 @@ def build_report(reports: Sequence[SectionReport], sizes: Sizes, command: str) -
         out.extend(["## Targets", "", f"{met} met, {missed} missed, {len(targets) - met - missed} not measured.", ""])
         out.extend(table(["target", "goal", "this run", "verdict"], target_rows(targets)))
         out.append("")
+    out.extend(["## Design choices", ""])
+    out.extend(f"- **{name}.** {first} {second}" for name, first, second in DESIGN_CHOICES)
+    out.append("")
     for rep in reports:
         out.append(rep.markdown())
     return "\n".join(out).rstrip() + "\n"

@@ -7,6 +7,7 @@ benchmark code itself as "peer not installed"; a missing Redis as "not available
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ TITLES = {
     "memory": "## 1. In memory",
     "asyncio": "## 2. asyncio",
     "redis": "## 3. Redis",
+    "concurrent": "## 3b. Redis, ",
     "fairness": "## 4. Fairness",
     "accuracy": "## 5. Accuracy",
     "scale": "## 6. Scale",
@@ -68,6 +70,17 @@ def test_our_in_process_figures_are_always_measured(reports: dict[str, SectionRe
 
 
 @pytest.mark.realtime
+def test_the_concurrent_section_checks_its_ledger(reports: dict[str, SectionReport]) -> None:
+    rep = reports["concurrent"]
+    if "Redis not available" in rep.markdown():
+        pytest.skip("no Redis here")
+    for mode in ("threads", "asyncio"):
+        assert rep.figures[f"ledger_{mode}_overspend"] == 0
+        assert rep.figures[f"{mode}_ours_ops_per_s"] > 0
+    assert "| limits |" in rep.markdown()  # measured, or "peer not installed"
+
+
+@pytest.mark.realtime
 def test_missing_peers_are_reported_not_skipped(reports: dict[str, SectionReport]) -> None:
     memory = reports["memory"].markdown()
     for name in ("token-bucket", "limits", "pyrate-limiter", "throttled-py"):
@@ -83,6 +96,15 @@ def test_report_has_every_section(reports: dict[str, SectionReport]) -> None:
     assert "- Python: " in text
     for title in TITLES.values():
         assert title in text
+    assert text.index("## Targets") < text.index("## Design choices") < text.index(TITLES["memory"])
+
+
+def test_each_design_choice_is_two_sentences() -> None:
+    for name, *sentences in bench_run.DESIGN_CHOICES:
+        assert len(sentences) == 2, name
+        for sentence in sentences:
+            assert sentence.endswith("."), (name, sentence)
+            assert re.search(r"[^.]\. [A-Z]", sentence) is None, (name, sentence)  # one sentence each
 
 
 def test_main_writes_only_where_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
