@@ -37,7 +37,7 @@ from ._model import (
 from ._rate import Rate
 from ._validate import MAX_AMOUNT, check_amount, check_cost, check_name, check_timeout
 from .backends._base import BAND, AsyncBackend, Backend, Ticket, band_keys
-from .backends._memory import MemoryBackend
+from .backends._memory import MemoryBackend, _Slot
 
 __all__ = ["AsyncGrant", "AsyncReservation", "AsyncTokenBucket", "Grant", "Reservation", "TokenBucket"]
 
@@ -45,6 +45,12 @@ _T = TypeVar("_T")
 
 _DEFAULT_BACKEND = MemoryBackend()
 """Buckets made without a backend share this one, so a name means one bucket per process."""
+
+_FAST_COST = 1_000_000
+"""The largest whole-number cost the fast path takes (`_BucketBase._grant_now`); larger ones take the
+ordinary path. Small enough for CPython to compare it as a one-digit int (a specialized comparison)."""
+
+_new = object.__new__
 
 
 class _Sleep:
@@ -384,6 +390,14 @@ class _BucketBase(Listened):
         self._stamp: Callable[[], float | None] = self._clock.now if pass_now else _no_time
         self._init_listeners(listeners)
         self._in_debt = False
+        # The fast path (see _grant_now): a MemoryBackend called directly with the bucket's clock
+        # (one bandwidth), and the lock and slot it gave us, looked up again when they go stale.
+        memory = self._direct and pass_now and isinstance(backend, MemoryBackend)
+        self._memory: MemoryBackend | None = None
+        if memory and type(backend).reserve is MemoryBackend.reserve:
+            assert isinstance(backend, MemoryBackend)
+            self._memory = backend
+        self._fast: tuple[threading.Lock, _Slot] | None = None
 
     def _check_lanes(self, lanes: Mapping[str, float] | None) -> dict[str, float]:
         """The lanes, validated: each name with the tokens held back from it."""
@@ -526,6 +540,50 @@ class _BucketBase(Listened):
             return
         self._note_debt(snap)
 
+    def _grant_now(self, kind: type[_GB], cost: object) -> _GB | None:
+        """The grant of a plain request (whole ``cost``, nobody listening) charged on the kept memory slot, or None.
+
+        None means nothing was charged and the request takes the ordinary path:
+        there is no kept slot, it went stale (the sweep dropped it, another object
+        of the name or a ``reconfigure`` changed its policy), a reservation is
+        waiting, or the request cannot start at once. The arithmetic is the
+        backend's own (`_Slot.take`, `_model.try_take`), under the backend's lock,
+        so this is `MemoryBackend.reserve` without the call and the dict lookup.
+        """
+        fast = self._fast
+        if fast is None or self._events is not None:
+            return None
+        if cost is ESTIMATE:
+            cost = 1  # what _price makes of it without op
+        if type(cost) is not int or cost < 0 or cost > _FAST_COST:
+            return None
+        lock, slot = fast
+        policy = self.policy
+        stamp = self._stamp
+        now: float = stamp()  # type: ignore[assignment]  # a float: _memory is set only when it is the clock
+        lock.acquire()
+        try:
+            if slot.policy is not policy or not slot.take(now, cost, policy):
+                return None
+        finally:
+            lock.release()
+        grant: _GB = _new(kind)  # what _GrantBase.__init__ does, without the cost of calling it
+        grant._bucket = self
+        grant._charged = cost
+        grant._started = now
+        grant.cost = cost
+        grant.waited = 0.0
+        return grant
+
+    def _keep_slot(self) -> None:
+        """After the ordinary path on a memory backend: keep its slot for `_grant_now` if it went stale."""
+        memory = self._memory
+        if memory is None:
+            return
+        fast = self._fast
+        if fast is None or fast[1].policy is not self.policy:
+            self._fast = memory._fast_slot(self.name, self.policy)
+
     def _plain_ticket(
         self, cost: object, timeout: object, op: object, units: object
     ) -> tuple[int, float, int | None, float | None] | None:
@@ -555,6 +613,7 @@ class _BucketBase(Listened):
         ):
             now = self._stamp()
             ticket: Ticket = self._backend.reserve(self.name, self.policy, cost, None, now)
+            self._keep_slot()
             admitted, seconds, rid = ticket
             if not admitted:
                 raise AcquireTimeout(cost, math.inf, seconds)
@@ -898,6 +957,10 @@ class TokenBucket(_BucketBase):
                 not a number; ``op`` without a cost model, or unknown to it.
             BackendError: the store failed.
         """
+        if lane is None and timeout is None and op is None and units == 1:
+            grant = self._grant_now(Grant, cost)
+            if grant is not None:
+                return grant
         ticket = None if lane is not None else self._plain_ticket(cost, timeout, op, units)
         if ticket is None:
             result: Grant = _run(self, self._acquire_flow(cost, timeout, op, units, lane))
@@ -921,13 +984,19 @@ class TokenBucket(_BucketBase):
             CostExceedsCapacity: the cost can never start.
             ConfigurationError: ``cost`` is negative, NaN or infinite; ``op`` cannot be priced.
         """
-        if self._events is not None or self._bands is not None or lane is not None:  # else the fast path below
+        if lane is None and op is None and units == 1:
+            grant = self._grant_now(Grant, cost)
+            if grant is not None:
+                return grant
+        if self._events is not None or self._bands is not None or lane is not None:  # else the direct path below
             charged: float | None = _run(self, self._try_flow(cost, op, units, lane))
             return None if charged is None else _priced(Grant(self, charged, 0.0), op, float(units))
         if type(cost) is not int or not 0 <= cost <= MAX_AMOUNT or op is not None:
             cost = self._price(cost, op, units)
         now = self._stamp()  # the bucket's clock, or None for a store that keeps its own
-        if not self._backend.reserve(self.name, self.policy, cost, 0.0, now)[0]:
+        admitted = self._backend.reserve(self.name, self.policy, cost, 0.0, now)[0]
+        self._keep_slot()
+        if not admitted:
             return None
         grant = Grant(self, cost, 0.0, now)
         return grant if op is None else _priced(grant, op, float(units))
@@ -1076,6 +1145,10 @@ class AsyncTokenBucket(_BucketBase):
         lane: str | None = None,
     ) -> AsyncGrant:
         """See `TokenBucket.acquire`; task cancellation refunds the cost."""
+        if lane is None and timeout is None and op is None and units == 1:
+            grant = self._grant_now(AsyncGrant, cost)
+            if grant is not None:
+                return grant
         ticket = None if lane is not None else self._plain_ticket(cost, timeout, op, units)
         if ticket is None:
             result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout, op, units, lane))
@@ -1089,7 +1162,12 @@ class AsyncTokenBucket(_BucketBase):
         self, cost: float | None = ESTIMATE, *, op: str | None = None, units: float = 1, lane: str | None = None
     ) -> AsyncGrant | None:
         """See `TokenBucket.try_acquire`."""
+        if lane is None and op is None and units == 1:
+            grant = self._grant_now(AsyncGrant, cost)
+            if grant is not None:
+                return grant
         charged: float | None = await _arun(self, self._try_flow(cost, op, units, lane))
+        self._keep_slot()
         if charged is None:
             return None
         return _priced(AsyncGrant(self, charged, 0.0), op, float(units))

@@ -11,6 +11,7 @@ from .. import _model
 from .._clock import Clock
 from .._exceptions import PolicyMismatch
 from .._model import BucketState, Policy, Snapshot, try_take
+from .._rate import Rate
 from ._base import ManyTicket, Ticket, check_parts
 from ._memory_lease import MemoryLeaseStore
 from ._memory_slots import MemorySlotStore
@@ -19,7 +20,13 @@ __all__ = ["MemoryBackend"]
 
 
 class _Slot:
-    """One bucket's state, updated in place under the backend's lock."""
+    """One bucket's state, updated in place under the backend's lock.
+
+    A front end may keep a slot to charge it directly (`MemoryBackend._fast_slot`):
+    under the backend's lock it checks that ``policy`` is still its own (a slot the
+    idle sweep dropped has `_DROPPED`, one reconfigured or taken over by another
+    object of the name has another policy), then calls `take`.
+    """
 
     __slots__ = ("pending", "policy", "tokens", "updated")
 
@@ -32,6 +39,22 @@ class _Slot:
 
     def state(self) -> BucketState:
         return BucketState(self.tokens, self.updated, self.pending)
+
+    def take(self, now: float, cost: float, policy: Policy) -> bool:
+        """Charge ``cost`` if nothing waits and the request may start at once (`_model.try_take`); say if it did.
+
+        The caller holds the backend's lock and has checked that ``policy`` is the slot's.
+        When it says False nothing changed; `_model.reserve` decides the request.
+        """
+        if self.pending:
+            return False
+        left = try_take(self.tokens, self.updated, now, cost, policy)
+        if left is None:
+            return False
+        self.tokens = left
+        if now > self.updated:
+            self.updated = now
+        return True
 
     def store(self, state: BucketState) -> None:
         self.tokens = state.tokens
@@ -105,7 +128,7 @@ class MemoryBackend(MemoryLeaseStore, MemorySlotStore):
             and _model.refill_tokens(s.tokens, s.updated, now, s.policy) >= s.policy.capacity
         ]
         for key in idle:
-            del self._slots[key]
+            self._slots.pop(key).policy = _DROPPED  # a front end holding it must look it up again
         self._sweep_at = max(1024, 2 * len(self._slots))
 
     def reserve(self, key: str, policy: Policy, cost: float, max_wait: float | None, now: float | None) -> Ticket:
@@ -118,18 +141,29 @@ class MemoryBackend(MemoryLeaseStore, MemorySlotStore):
                 slot = self._slot(key, policy, now)
             elif slot.policy is not policy:
                 _same(key, slot, policy)
-            if not slot.pending:
-                left = try_take(slot.tokens, slot.updated, now, cost, policy)
-                if left is not None:
-                    slot.tokens = left
-                    if now > slot.updated:
-                        slot.updated = now
-                    return _AT_ONCE
+            if slot.take(now, cost, policy):
+                return _AT_ONCE
             result = _model.reserve(slot.state(), policy, now, cost, max_wait, next(self._ids))
             slot.store(result.state)
             if isinstance(result, _model.Rejected):
                 return False, result.retry_after, None
             return True, result.delay, result.rid
+
+    def _fast_slot(self, key: str, policy: Policy) -> tuple[threading.Lock, _Slot] | None:
+        """The lock and the slot of ``key`` if it exists with ``policy``, for a front end's fast path.
+
+        `tokenbucket.TokenBucket` keeps them to charge a request that may start at
+        once without a call to `reserve` (same arithmetic: `_Slot.take`), and looks
+        again whenever the slot's policy is no longer ``policy`` (see `_Slot`).
+        A subclass that overrides `reserve` gets None: its own reserve must see every request.
+        """
+        if type(self).reserve is not MemoryBackend.reserve or "reserve" in vars(self):
+            return None
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None or slot.policy is not policy:
+                return None
+            return self._lock, slot
 
     def reserve_lane(
         self, key: str, policy: Policy, cost: float, hold: float, max_wait: float | None, now: float | None
@@ -223,6 +257,9 @@ class MemoryBackend(MemoryLeaseStore, MemorySlotStore):
 
 
 _AT_ONCE: Ticket = (True, 0.0, None)
+
+_DROPPED = Policy.build(Rate(1, 1.0))
+"""The policy of a slot the sweep dropped: no bucket has it, so a front end holding the slot looks again."""
 
 
 def _same(key: str, slot: _Slot, policy: Policy) -> None:
