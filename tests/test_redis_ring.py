@@ -1,0 +1,141 @@
+"""The ring of a bucket's state (lua/bucket.lua, KEYS[1]) byte by byte: what it keeps, and old layouts.
+
+The scripts are run directly (one EVALSHA each) against the session's private server, with
+a client clock, so every byte of the stored value is known.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from tokenbucket.backends._redis import lua_source, parse_state
+
+POLICY = struct.pack("<6d", 100.0, 1.0, 0.0, 0.0, 100.0, 1000.0)  # cap, refill, debt, min_start, initial, idle_ms
+RING = 32
+
+
+def entry(call: bytes, mark: float) -> bytes:
+    return call + struct.pack("<d", mark)
+
+
+def ids(n: int, tag: int) -> list[bytes]:
+    return [struct.pack("<Q", tag * 1000 + i) for i in range(n)]
+
+
+@pytest.fixture
+def run(redis_client: redis.Redis) -> Callable[..., bytes]:
+    """Run bucket script `op` at time `now` on a fresh bucket of this test, with extra ARGV."""
+    tag = uuid.uuid4().hex
+    keys = [f"{{ring-{tag}}}:bucket", f"{{ring-{tag}}}:queue", f"{{ring-{tag}}}:costs"]
+    scripts = {}
+
+    def call(op: str, now: float, *args: bytes | str) -> bytes:
+        if op not in scripts:
+            scripts[op] = redis_client.register_script(lua_source(f"bucket_{op}"))
+        reply: bytes = scripts[op](keys, [repr(now), POLICY, *args])
+        return reply
+
+    call.keys = keys  # type: ignore[attr-defined]
+    return call
+
+
+def state(redis_client: redis.Redis, run: Callable[..., bytes]) -> bytes:
+    raw = redis_client.get(run.keys[0])  # type: ignore[attr-defined]
+    assert isinstance(raw, bytes)
+    return raw
+
+
+def head(tokens: float, updated: float, last_id: float, last_start: float = float("-inf")) -> bytes:
+    return struct.pack("<5d", tokens, updated, last_id, last_start, 0.0) + POLICY
+
+
+def test_the_ring_keeps_the_last_32_charging_calls_oldest_first(
+    redis_client: redis.Redis, run: Callable[..., bytes]
+) -> None:
+    calls = ids(40, 1)
+    for i, c in enumerate(calls):
+        assert run("reserve", 10.0, "1", "", c) == b"1 0 0"
+        raw = state(redis_client, run)
+        kept = calls[max(0, i + 1 - RING) : i + 1]
+        assert raw[88:] == b"".join(entry(k, 0) for k in kept)
+    assert parse_state(raw)["tokens"] == 60
+    # a retry of the last 32 is answered and charges nothing; an older one is a new call
+    assert run("reserve", 10.0, "1", "", calls[8]) == b"1 0 0"
+    assert parse_state(state(redis_client, run))["tokens"] == 60
+    assert run("reserve", 10.0, "1", "", calls[7]) == b"1 0 0"
+    assert parse_state(state(redis_client, run))["tokens"] == 59
+    assert state(redis_client, run)[88:] == b"".join(entry(k, 0) for k in [*calls[9:], calls[7]])
+
+
+def test_a_waiting_reservation_is_remembered_with_its_id(redis_client: redis.Redis, run: Callable[..., bytes]) -> None:
+    first, second = ids(2, 2)
+    assert run("reserve", 10.0, "100", "", first) == b"1 0 0"
+    reply = run("reserve", 10.0, "4", "", second).split()
+    assert reply[:2] == [b"1", b"4"]
+    rid = float(reply[2])
+    assert state(redis_client, run)[88:] == entry(first, 0) + entry(second, rid)
+    assert run("reserve", 11.0, "4", "", second).split() == [b"1", b"3", reply[2]]  # the retry, 1 s later
+
+
+def test_a_state_of_tokenbucket_0_1_is_read(redis_client: redis.Redis, run: Callable[..., bytes]) -> None:
+    old = struct.pack("<4d", 50.0, 5.0, 7.0, float("-inf")) + POLICY  # 80 bytes, no epoch, no ring
+    redis_client.set(run.keys[0], old)  # type: ignore[attr-defined]
+    (call,) = ids(1, 3)
+    assert run("reserve", 10.0, "1", "", call) == b"1 0 0"
+    raw = state(redis_client, run)
+    assert raw == head(54.0, 10.0, 7.0) + entry(call, 0)
+    assert parse_state(raw) == {
+        **dict(zip(("tokens", "updated", "last_id", "epoch"), (54.0, 10.0, 7.0, 0.0), strict=True)),
+        **dict(
+            zip(
+                ("cap", "refill", "overdraft", "min_start", "initial", "idle_ms"),
+                struct.unpack("<6d", POLICY),
+                strict=True,
+            )
+        ),
+    }
+
+
+@pytest.mark.parametrize("stored", [0, 5, RING, RING + 8])
+def test_a_stored_ring_of_any_length_is_read_and_trimmed_on_the_next_charge(
+    redis_client: redis.Redis, run: Callable[..., bytes], stored: int
+) -> None:
+    calls = ids(stored + 1, 4)
+    ring = b"".join(entry(c, 0) for c in calls[:stored])
+    redis_client.set(run.keys[0], head(50.0, 10.0, 7.0) + ring)  # type: ignore[attr-defined]
+    assert run("sync", 10.0, "50") == b"50 0"  # not a charging call: the ring is kept as it is
+    assert state(redis_client, run)[88:] == ring
+    for c in calls[:stored]:  # every stored call is found
+        assert run("reserve", 10.0, "1", "", c) == b"1 0 0"
+    assert parse_state(state(redis_client, run))["tokens"] == 50
+    assert run("reserve", 10.0, "1", "", calls[-1]) == b"1 0 0"
+    assert state(redis_client, run)[88:] == (ring + entry(calls[-1], 0))[-RING * 16 :]
+    assert parse_state(state(redis_client, run))["tokens"] == 49
+
+
+def test_void_marks_a_call_in_place_or_leaves_a_tombstone(redis_client: redis.Redis, run: Callable[..., bytes]) -> None:
+    calls = ids(RING + 1, 5)
+    ring = b"".join(entry(c, 0) for c in calls[:RING])
+    redis_client.set(run.keys[0], head(50.0, 10.0, 7.0) + ring)  # type: ignore[attr-defined]
+    assert run("void", 10.0, calls[3], "2") == b"2"  # it ran: its tokens come back, once
+    taken = ring[: 3 * 16] + entry(calls[3], -2) + ring[4 * 16 :]
+    assert state(redis_client, run) == head(52.0, 10.0, 7.0) + taken
+    assert run("void", 10.0, calls[3], "2") == b"0"
+    assert run("reserve", 10.0, "1", "", calls[3]) == b"void"
+    assert run("void", 10.0, calls[RING], "2") == b"0"  # never seen: a tombstone, the oldest leaves
+    assert state(redis_client, run) == head(52.0, 10.0, 7.0) + taken[16:] + entry(calls[RING], -1)
+    assert run("reserve", 10.0, "1", "", calls[RING]) == b"void"
+    assert parse_state(state(redis_client, run))["tokens"] == 52
+
+
+def test_settle_is_remembered(redis_client: redis.Redis, run: Callable[..., bytes]) -> None:
+    first, call = ids(2, 6)
+    assert run("reserve", 10.0, "1", "", first) == b"1 0 0"
+    assert run("settle", 10.0, "3", call) == b"96 0"
+    assert run("settle", 10.0, "3", call) == b"96 0"  # the retry: answered, not charged again
+    assert state(redis_client, run)[88:] == entry(first, 0) + entry(call, 0)
