@@ -38,11 +38,9 @@ if start > t0 then
   call('ZADD', Q, start, member)
   call('HSET', C, member, cost)
   last_start = start
-  remember(id)
-  save(true)
+  save(true, id)
 else
-  remember(0)
-  save()
+  save(nil, 0)
   if delay == 0 then return '1 0 0' end -- the common case, without formatting
 end
 return '1 ' .. sformat('%.17g', delay) .. ' ' .. sformat('%d', id)
