@@ -139,3 +139,26 @@ def test_settle_is_remembered(redis_client: redis.Redis, run: Callable[..., byte
     assert run("settle", 10.0, "3", call) == b"96 0"
     assert run("settle", 10.0, "3", call) == b"96 0"  # the retry: answered, not charged again
     assert state(redis_client, run)[88:] == entry(first, 0) + entry(call, 0)
+
+
+def test_reserve_all_keeps_each_ring_as_the_prelude_does(redis_client: redis.Redis) -> None:
+    tag = uuid.uuid4().hex
+    old, new = (f"{{ring-{tag}}}:{part}:" for part in ("old", "new"))
+    keys = [name + kind for name in (old, new) for kind in ("bucket", "queue", "costs")]
+    calls = ids(RING + 2, 7)
+    ring = b"".join(entry(c, 0) for c in calls[:RING])
+    redis_client.set(keys[0], head(50.0, 10.0, 7.0) + ring)  # 88 bytes and a full ring
+    redis_client.set(keys[3], struct.pack("<4d", 50.0, 5.0, 7.0, float("-inf")) + POLICY)  # tokenbucket 0.1
+    script = redis_client.register_script(lua_source("reserve_all"))
+
+    def reserve(call: bytes) -> bytes:
+        reply: bytes = script(keys, ["10.0", "", call, POLICY, "1", POLICY, "1"])
+        return reply
+
+    assert reserve(calls[0]) == b"1 0 0 0"  # in the first ring: a retry, nothing charged
+    assert [parse_state(redis_client.get(k))["tokens"] for k in keys[::3]] == [50, 50]  # type: ignore[index]
+    assert reserve(calls[RING]) == b"1 0 0 0"
+    assert redis_client.get(keys[0]) == head(49.0, 10.0, 7.0) + ring[16:] + entry(calls[RING], 0)
+    assert redis_client.get(keys[3]) == head(54.0, 10.0, 7.0) + entry(calls[RING], 0)
+    assert reserve(calls[RING]) == b"1 0 0 0"
+    assert [parse_state(redis_client.get(k))["tokens"] for k in keys[::3]] == [49, 54]  # type: ignore[index]
