@@ -34,9 +34,12 @@
 --
 -- This runs on every acquire, so it is built for speed: the state is read with one
 -- GET and written with one SET ... PX (value and TTL together); numbers that every
--- call reads or writes are packed doubles, not text (no parsing, no formatting); and
+-- call reads or writes are packed doubles, not text (no parsing, no formatting);
 -- loading and advancing are straight-line code, not functions (a Lua closure is
--- created on every call, and costs more than the arithmetic).
+-- created on every call, and costs more than the arithmetic); and the ring is searched
+-- where GET put it and copied once, into the value SET writes (every byte a script
+-- allocates is paid again by Lua's garbage collector: the ring's copies cost more than
+-- the arithmetic too).
 --
 -- WRITES: true unless the operation only reads (bucket_snapshot). ADOPT: true for
 -- bucket_reconfigure, which replaces the stored policy (every other operation refuses a
