@@ -34,19 +34,22 @@
 --
 -- This runs on every acquire, so it is built for speed: the state is read with one
 -- GET and written with one SET ... PX (value and TTL together); numbers that every
--- call reads or writes are packed doubles, not text (no parsing, no formatting); and
+-- call reads or writes are packed doubles, not text (no parsing, no formatting);
 -- loading and advancing are straight-line code, not functions (a Lua closure is
--- created on every call, and costs more than the arithmetic).
+-- created on every call, and costs more than the arithmetic); and the ring is searched
+-- where GET put it and copied once, into the value SET writes (every byte a script
+-- allocates is paid again by Lua's garbage collector: the ring's copies cost more than
+-- the arithmetic too).
 --
 -- WRITES: true unless the operation only reads (bucket_snapshot). ADOPT: true for
 -- bucket_reconfigure, which replaces the stored policy (every other operation refuses a
 -- policy that differs from the stored one). REFUNDS: true for the operations that give tokens
 -- back (bucket_cancel, bucket_settle, bucket_void). RECORDS: for the operations that are not
 -- idempotent by themselves ('reserve', 'settle'; else false): their calls are remembered in
--- the ring, and one found there is answered again, not applied again; 'each' for
--- bucket_reserve, which carries one call id per request it reserves for and looks each up
--- itself (replayed). The loader (tokenbucket.backends._redis.lua_source) sets them on the
--- line before this prelude.
+-- the ring (save's `mark`), and one found there is answered again, not applied again; 'each'
+-- for bucket_reserve, which carries one call id per request it reserves for, looks each up
+-- itself (replayed) and adds them to the ring together (`added`). The loader
+-- (tokenbucket.backends._redis.lua_source) sets them on the line before this prelude.
 --
 -- A policy that differs from the stored one (its first five numbers: idle_ms may differ) is
 -- refused with the error 'tokenbucket-policy <capacity> <refill> <overdraft> <min_start>
@@ -80,7 +83,9 @@ end
 -- out, the start of the last pending reservation (nil when none), and the
 -- epoch `updated` and the queue's start times count from.
 local tokens, updated, last_id, last_start, epoch
-local ring = ''
+-- The ring is string.sub(ring, ring_at): the state as read, not copied out of it (a copy
+-- costs more than the arithmetic: the Lua heap's garbage collector pays for every byte).
+local ring, ring_at = '', 1
 
 -- Load it. A missing bucket is created per `initial` (fresh() in the model);
 -- writers also drop queue entries a lost bucket left behind. A key holding
@@ -90,7 +95,7 @@ if raw then
   local c, r, d, m, i -- the stored policy (compared as numbers: no string is made for it)
   if #raw >= 88 and (#raw - 88) % 16 == 0 then
     tokens, updated, last_id, last_start, epoch, c, r, d, m, i = unpack_doubles('<dddddddddd', raw)
-    if #raw > 88 then ring = string.sub(raw, 89) end
+    ring, ring_at = raw, 89
   elseif #raw == 80 then -- written by tokenbucket 0.1: absolute times
     tokens, updated, last_id, last_start, c, r, d, m, i = unpack_doubles('<ddddddddd', raw)
     epoch = 0
@@ -146,20 +151,15 @@ if now > updated then
   updated = now
 end
 
--- The ring (see KEYS[1]): where call `id` is in it (the position of its mark), or nil.
+-- The ring (see KEYS[1]): where call `id` is in it (the position of its mark in `ring`), or nil.
 local function find_call(id)
-  local at = 1
+  local at = ring_at
   while true do
     local i = string.find(ring, id, at, true)
     if not i then return nil end
-    if (i - 1) % 16 == 0 then return i + 8 end
+    if (i - ring_at) % 16 == 0 then return i + 8 end
     at = i + 1
   end
-end
-
--- Remember this call in the ring (before save), with its mark.
-local function remember(mark)
-  if CALL ~= '' then ring = string.sub(ring .. CALL .. pack('<d', mark), -RING) end
 end
 
 -- Neumaier's compensated sum, so `promised` agrees with math.fsum in the model.
@@ -189,16 +189,35 @@ end
 -- bucket in deeper debt that nobody touches for that long is dropped, and recreated per
 -- `initial`), plus idle_ms; at least 1 s.
 local MAX_NEED = 30 * 86400
--- `queued`: a reservation just joined the queue, which gets the same TTL.
+-- `queued`: a reservation just joined the queue, which gets the same TTL. `mark`: this
+-- call (CALL) charged, and joins the ring with that mark; or `added`: the ring entries of
+-- the requests a bucket_reserve of several charged, in order. The oldest leave a full ring.
 -- `ms` goes to redis.call as a Lua number, a whole one: every Redis version sends
 -- that as its plain digits (%.17g in older ones, integer printing in newer ones).
-local function save(queued)
+-- The value is made by one concatenation (one string, the only copy of the ring).
+local function save(queued, mark, added)
   local need = (cap - tokens) / refill
   if last_start and last_start - updated > need then need = last_start - updated end
   if need > MAX_NEED then need = MAX_NEED end
   local ms = math.ceil(math.max(0, need) * 1000) + idle_ms
   if ms < 1000 then ms = 1000 end
-  call('SET', B, pack('<ddddd', tokens, updated, last_id, last_start or NONE, epoch) .. policy .. ring, 'PX', ms)
+  local head = pack('<ddddd', tokens, updated, last_id, last_start or NONE, epoch)
+  local value
+  if mark and CALL ~= '' then
+    local from = ring_at
+    if #ring - from + 17 > RING then from = #ring - RING + 17 end
+    value = head .. policy .. string.sub(ring, from) .. CALL .. pack('<d', mark)
+  elseif added and added ~= '' then
+    if #added > RING then added = string.sub(added, -RING) end
+    local from = ring_at
+    if #ring - from + 1 + #added > RING then from = #ring + 1 + #added - RING end
+    value = head .. policy .. string.sub(ring, from) .. added
+  elseif ring_at == 1 then
+    value = head .. policy .. ring
+  else
+    value = head .. policy .. string.sub(ring, ring_at)
+  end
+  call('SET', B, value, 'PX', ms)
   if queued then
     call('PEXPIRE', Q, ms)
     call('PEXPIRE', C, ms)

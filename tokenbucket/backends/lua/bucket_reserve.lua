@@ -18,6 +18,8 @@
 
 local t0 = updated
 local queued, charged = false, false -- a reservation joined the queue; a request was decided here
+local single = #ARGV == 5
+local mark, added = nil, '' -- the ring entries of what was charged: one request's mark, or several entries
 local replies = {}
 for k = 3, #ARGV, 3 do
   CALL = ARGV[k + 2]
@@ -53,15 +55,16 @@ for k = 3, #ARGV, 3 do
         call('HSET', C, member, cost)
         last_start = start
         queued = true
-        remember(last_id)
+        mark = last_id
         reply = '1 ' .. sformat('%.17g', delay) .. ' ' .. member
       else
-        remember(0)
+        mark = 0
         reply = delay == 0 and '1 0 0' or '1 ' .. sformat('%.17g', delay) .. ' 0' -- the common case, unformatted
       end
+      if not single and CALL ~= '' then added = added .. CALL .. pack('<d', mark) end
     end
   end
   replies[#replies + 1] = reply
 end
-if charged then save(queued) end -- (retries alone change nothing)
+if charged then save(queued, single and mark or nil, added) end -- (retries alone change nothing)
 return #replies == 1 and replies[1] or table.concat(replies, ',')

@@ -112,12 +112,10 @@ if start > t0 then
   call('HSET', C, member, cost)
   call('HSET', L, member, sformat('%.17g', hold) .. ' ' .. sformat('%.17g', margin))
   if not last_start or start > last_start then last_start = start end
-  remember(id)
-  save(true)
+  save(true, id)
   call('PEXPIRE', L, call('PTTL', Q))
 else
-  remember(0)
-  save()
+  save(nil, 0)
   if delay == 0 then return '1 0 0' end
 end
 return '1 ' .. sformat('%.17g', delay) .. ' ' .. sformat('%d', id)

@@ -12,6 +12,5 @@ if delta >= 0 then
 else
   refund(-delta)
 end
-remember(0)
-save()
+save(nil, 0)
 return sformat('%.17g', tokens) .. ' ' .. sformat('%.17g', promised())

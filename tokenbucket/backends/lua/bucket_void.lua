@@ -28,10 +28,10 @@ if at then
   else
     given = refund(tonumber(ARGV[4]))
   end
-  ring = string.sub(ring, 1, at - 1) .. pack('<d', -2) .. string.sub(ring, at + 8)
+  ring, ring_at = string.sub(ring, ring_at, at - 1) .. pack('<d', -2) .. string.sub(ring, at + 8), 1
+  save()
 else
   CALL = id
-  remember(-1)
+  save(nil, -1)
 end
-save()
 return sformat('%.17g', given)

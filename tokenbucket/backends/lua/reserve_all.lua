@@ -51,13 +51,13 @@ for i = 1, n do
   end
   local p = {B = KEYS[3 * i - 2], Q = KEYS[3 * i - 1], C = KEYS[3 * i], policy = policy, cost = tonumber(ARGV[3 + 2 * i])}
   p.cap, p.refill, p.debt, p.min_start, p.initial, p.idle_ms = unpack_doubles('<dddddd', policy)
-  p.ring = ''
+  p.ring, p.ring_at = '', 1 -- the ring is string.sub(p.ring, p.ring_at), not copied (see bucket.lua)
   local raw = call('GET', p.B)
   if raw then
     local c, r, d, m, init
     if #raw >= 88 and (#raw - 88) % 16 == 0 then
       p.tokens, p.updated, p.last_id, p.last_start, p.epoch, c, r, d, m, init = unpack_doubles('<dddddddddd', raw)
-      if #raw > 88 then p.ring = string.sub(raw, 89) end
+      p.ring, p.ring_at = raw, 89
     elseif #raw == 80 then
       p.tokens, p.updated, p.last_id, p.last_start, c, r, d, m, init = unpack_doubles('<ddddddddd', raw)
       p.epoch = 0
@@ -82,13 +82,13 @@ for i = 1, n do
   b[i] = p
 end
 
--- The ring (see bucket.lua): where call `id` is in ring `ring`, or nil.
-local function find_call(ring, id)
-  local at = 1
+-- The ring (see bucket.lua): where call `id` is in bucket p's ring (the position of its mark in p.ring), or nil.
+local function find_call(p, id)
+  local at = p.ring_at
   while true do
-    local i = string.find(ring, id, at, true)
+    local i = string.find(p.ring, id, at, true)
     if not i then return nil end
-    if (i - 1) % 16 == 0 then return i + 8 end
+    if (i - p.ring_at) % 16 == 0 then return i + 8 end
     at = i + 1
   end
 end
@@ -97,7 +97,7 @@ end
 if CALL ~= '' then
   local found, marks = false, {}
   for i = 1, n do
-    local at = find_call(b[i].ring, CALL)
+    local at = find_call(b[i], CALL)
     marks[i] = at and unpack_doubles('<d', b[i].ring, at) or 0
     if at then
       found = true
@@ -156,15 +156,22 @@ for i = 1, n do
   if p.own > start then start = p.own end
 end
 
--- Store bucket p with its TTL (the prelude's save).
-local function save(p, queued)
+-- Store bucket p with its TTL (the prelude's save); `mark`: this call joins its ring with that mark.
+local function save(p, queued, mark)
   local need = (p.cap - p.tokens) / p.refill
   if p.last_start and p.last_start - p.updated > need then need = p.last_start - p.updated end
   if need > MAX_NEED then need = MAX_NEED end
   local ms = math.ceil(math.max(0, need) * 1000) + p.idle_ms
   if ms < 1000 then ms = 1000 end
-  call('SET', p.B, pack('<ddddd', p.tokens, p.updated, p.last_id, p.last_start or NONE, p.epoch) .. p.policy .. p.ring,
-    'PX', ms)
+  local head, ring, from = pack('<ddddd', p.tokens, p.updated, p.last_id, p.last_start or NONE, p.epoch), p.ring, p.ring_at
+  local value
+  if mark and CALL ~= '' then
+    if #ring - from + 17 > RING then from = #ring - RING + 17 end
+    value = head .. p.policy .. string.sub(ring, from) .. CALL .. pack('<d', mark)
+  else
+    value = head .. p.policy .. string.sub(ring, from)
+  end
+  call('SET', p.B, value, 'PX', ms)
   if queued then
     call('PEXPIRE', p.Q, ms)
     call('PEXPIRE', p.C, ms)
@@ -196,8 +203,7 @@ for i = 1, n do
     call('HSET', p.C, member, sformat('%.17g', charge))
     p.last_start = start - p.off
   end
-  if CALL ~= '' then p.ring = string.sub(p.ring .. CALL .. pack('<d', mark), -RING) end
-  save(p, mark ~= 0)
+  save(p, mark ~= 0, mark)
   ids[i] = sformat('%d', mark)
 end
 if delay == 0 then return '1 0 ' .. table.concat(ids, ' ') end
