@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import math
 import multiprocessing
 import os
@@ -259,7 +258,7 @@ _FLOOR = "floor: TIME + GET + SET"
 _FLOOR_LUA = """
 local t = redis.call('TIME')
 redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000)
+redis.call('SET', KEYS[1], ARGV[2], 'PX', 60000)
 return '1 0 0'
 """
 """The commands any bucket script with the server's clock and a stored state must run, and nothing else."""
@@ -461,23 +460,6 @@ _NO_COALESCE = f"{OURS}, coalesce=False"
 _SCRIPTS = ("evalsha", "evalsha_ro", "eval", "eval_ro", "fcall", "fcall_ro")
 
 
-def _coalesces(cls: Any) -> bool:
-    """Whether this checkout's Redis backend class takes ``coalesce=``."""
-    try:
-        return "coalesce" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _our_backend(cls: Any, client: Any, coalesce: bool | None) -> Any:
-    """Our backend on ``client``: the default (``coalesce=None``) or with ``coalesce=`` given."""
-    if coalesce is None:
-        return cls(client=client)
-    if not _coalesces(cls):
-        raise RedisUnavailable("no coalesce= in this checkout")
-    return cls(client=client, coalesce=coalesce)
-
-
 @dataclass
 class _Load:
     """One library under the concurrent load: ``callers`` threads (or tasks) each loop on ``call``."""
@@ -610,12 +592,8 @@ def _conc_threads(url: str, sizes: Sizes) -> tuple[dict[str, _Load], dict[str, s
     missing: dict[str, str] = {}
     closers: list[Callable[[], Any]] = [client.close, lone.close, admin.close]
     try:
-        for name, coalesce in ((OURS, None), (_NO_COALESCE, False)):
-            try:
-                bucket = TokenBucket(_unique("conc"), rate=Rate(HUGE), backend=_our_backend(sync_cls, client, coalesce))
-            except RedisUnavailable as exc:
-                missing[name] = f"not available ({exc})"
-                continue
+        for name, coalesce in ((OURS, True), (_NO_COALESCE, False)):
+            bucket = TokenBucket(_unique("conc"), rate=Rate(HUGE), backend=sync_cls(client, coalesce=coalesce))
             loads[name] = _Load("`bucket.acquire(1)`", partial(bucket.acquire, 1), n)
         for name, make in _redis_peers(url, blocking=True).items():
             try:
@@ -656,12 +634,8 @@ def _conc_tasks(url: str, sizes: Sizes) -> tuple[dict[str, _Load], dict[str, str
         missing: dict[str, str] = {}
         closers: list[Callable[[], Awaitable[Any]]] = [client.aclose, lone.aclose]
         try:
-            for name, coalesce in ((OURS, None), (_NO_COALESCE, False)):
-                try:
-                    backend = _our_backend(async_cls, client, coalesce)
-                except RedisUnavailable as exc:
-                    missing[name] = f"not available ({exc})"
-                    continue
+            for name, coalesce in ((OURS, True), (_NO_COALESCE, False)):
+                backend = async_cls(client, coalesce=coalesce)
                 bucket = AsyncTokenBucket(_unique("conc"), rate=Rate(HUGE), backend=backend)
                 loads[name] = _Load("`await bucket.acquire(1)`", partial(bucket.acquire, 1), n)
             try:
@@ -818,12 +792,7 @@ def bench_concurrent(sizes: Sizes) -> SectionReport:
     )
     try:
         with private_redis() as url:
-            sync_cls, async_cls = redis_backend_classes()
-            if not _coalesces(sync_cls) or not _coalesces(async_cls):
-                rep.notes.append(
-                    "This checkout's Redis backends take no `coalesce=` yet: the 'tokenbucket' rows are the default "
-                    "backend, and the coalesce=False rows are not available."
-                )
+            redis_backend_classes()  # RedisUnavailable when this checkout has no Redis backend
             measured = {"asyncio": _conc_tasks(url, sizes), "threads": _conc_threads(url, sizes)}
             ledgers = {"asyncio": _ledger_tasks(url, sizes), "threads": _ledger_threads(url, sizes)}
     except RedisUnavailable as exc:

@@ -584,21 +584,13 @@ class _BucketBase(Listened):
         if fast is None or fast[1].policy is not self.policy:
             self._fast = memory._fast_slot(self.name, self.policy)
 
-    def _plain_ticket(
-        self, cost: object, timeout: object, op: object, units: object
-    ) -> tuple[int, float, int | None, float | None] | None:
-        """Reserve a plain request and return ``(cost, delay, rid, now)``, or None when it needs the full flow.
+    def _plain_cost(self, cost: object, timeout: object, op: object, units: object) -> int | None:
+        """The cost of a plain request, or None when it needs the full flow.
 
-        ``now`` is the reading of the bucket's clock the call was made with
-        (None for a store that keeps its own clock).
-
-        A plain request has a whole-number cost (or the default, 1), no timeout, ``op`` or ``units``, on a
-        bucket nobody listens to, whose store answers without awaiting: the
-        flow would make exactly this one ``reserve`` call and decide nothing
-        else, so the front ends skip its machinery (the common, hot case).
-
-        Raises:
-            AcquireTimeout: the store refused (a Redis backend with ``on_unavailable="deny"``).
+        A plain request has a whole-number cost (or the default, 1), no timeout,
+        ``op`` or ``units``, on a bucket of one bandwidth nobody listens to: the
+        flow would make exactly one ``reserve`` call and decide nothing else, so
+        the front ends skip its machinery (the common, hot case).
         """
         if cost is ESTIMATE:
             cost = 1  # what _price makes of it when there is no op (checked below)
@@ -609,16 +601,33 @@ class _BucketBase(Listened):
             and op is None
             and units == 1
             and self._events is None
-            and self._direct
+            and self._bands is None
         ):
-            now = self._stamp()
-            ticket: Ticket = self._backend.reserve(self.name, self.policy, cost, None, now)
-            self._keep_slot()
-            admitted, seconds, rid = ticket
-            if not admitted:
-                raise AcquireTimeout(cost, math.inf, seconds)
-            return cost, seconds, rid, now
+            return cost
         return None
+
+    def _plain_ticket(
+        self, cost: object, timeout: object, op: object, units: object
+    ) -> tuple[int, float, int | None, float | None] | None:
+        """Reserve a plain request (`_plain_cost`) on a store that answers without awaiting.
+
+        Returns ``(cost, delay, rid, now)``, ``now`` being the reading of the
+        bucket's clock the call was made with (None for a store that keeps its
+        own clock); None when the request needs the full flow or the store awaits.
+
+        Raises:
+            AcquireTimeout: the store refused (a Redis backend with ``on_unavailable="deny"``).
+        """
+        plain = self._plain_cost(cost, timeout, op, units) if self._direct else None
+        if plain is None:
+            return None
+        now = self._stamp()
+        ticket: Ticket = self._backend.reserve(self.name, self.policy, plain, None, now)
+        self._keep_slot()
+        admitted, seconds, rid = ticket
+        if not admitted:
+            raise AcquireTimeout(plain, math.inf, seconds)
+        return plain, seconds, rid, now
 
     def _grant(self, cost: float, waited: float) -> Grant | AsyncGrant:
         raise NotImplementedError
@@ -1149,7 +1158,19 @@ class AsyncTokenBucket(_BucketBase):
             grant = self._grant_now(AsyncGrant, cost)
             if grant is not None:
                 return grant
-        ticket = None if lane is not None else self._plain_ticket(cost, timeout, op, units)
+        if lane is not None:
+            ticket = None
+        elif self._awaits_store:  # a plain request on Redis: the flow's one call, awaited (see _plain_ticket)
+            plain = self._plain_cost(cost, timeout, op, units)
+            ticket = None
+            if plain is not None:
+                now = self._stamp()
+                admitted, seconds, rid = await self._backend.reserve(self.name, self.policy, plain, None, now)  # type: ignore[misc]
+                if not admitted:
+                    raise AcquireTimeout(plain, math.inf, seconds)
+                ticket = plain, seconds, rid, now
+        else:
+            ticket = self._plain_ticket(cost, timeout, op, units)
         if ticket is None:
             result: AsyncGrant = await _arun(self, self._acquire_flow(cost, timeout, op, units, lane))
             return result
