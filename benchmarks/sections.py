@@ -757,6 +757,50 @@ def _ledger_tasks(url: str, sizes: Sizes) -> _Ledger:
     return asyncio.run(run())
 
 
+def _thread_wakeups(callers: int, seconds: float) -> float:
+    """Wake-ups per second of ``callers`` threads that do nothing but wait to be woken, 16 at a time.
+
+    One more thread wakes the waiting ones in turns, as a coalesced call's reply does; no Redis,
+    no work. Each caller that is a thread must be woken once per call, so this bounds what any
+    design reaches with that many threads on this machine and this Python.
+    """
+    mutex = threading.Lock()
+    waiting: list[threading.Lock] = []
+    queued = threading.Semaphore(0)
+    woken = [0] * callers
+    stop = time.monotonic() + seconds
+
+    def caller(i: int) -> None:
+        while time.monotonic() < stop:
+            turn = threading.Lock()
+            turn.acquire()
+            with mutex:
+                waiting.append(turn)
+            queued.release()
+            turn.acquire()
+            woken[i] += 1
+
+    def waker() -> None:
+        while any(t.is_alive() for t in threads):
+            queued.acquire(timeout=0.05)
+            with mutex:
+                batch = waiting[:16]
+                del waiting[:16]
+            for turn in batch:
+                turn.release()
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(callers)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    wake = threading.Thread(target=waker, daemon=True)
+    wake.start()
+    for t in threads:
+        t.join()
+    wake.join()
+    return sum(woken) / (time.monotonic() - began)
+
+
 def bench_concurrent(sizes: Sizes) -> SectionReport:
     """3b. Many callers in one process on one Redis bucket: total calls per second, and the ledger."""
     n = sizes.conc_callers
@@ -795,6 +839,7 @@ def bench_concurrent(sizes: Sizes) -> SectionReport:
             redis_backend_classes()  # RedisUnavailable when this checkout has no Redis backend
             measured = {"asyncio": _conc_tasks(url, sizes), "threads": _conc_threads(url, sizes)}
             ledgers = {"asyncio": _ledger_tasks(url, sizes), "threads": _ledger_threads(url, sizes)}
+            wakeups = _thread_wakeups(n, 0.2 if sizes.quick else 1.0)
     except RedisUnavailable as exc:
         rep.lines.append(f"Redis not available: {exc}.")
         return rep
@@ -824,6 +869,13 @@ def bench_concurrent(sizes: Sizes) -> SectionReport:
             off = windows[_NO_COALESCE]
             rep.figures[f"{mode}_coalesce_speedup"] = ours / off.rate
             line += f"; with coalescing off, {off.rate / windows[_PING_ONE].rate:.2f}× the PING loop"
+        if mode == "threads":
+            rep.figures["threads_wakeups_per_s"] = wakeups
+            line += (
+                f". The ceiling of {n} threads here: threads that do nothing but wait to be woken, 16 at a time "
+                f"(no Redis, no work), reach {fmt_rate(wakeups)} wake-ups, {wakeups / windows[_PING_ONE].rate:.2f}× "
+                f"the PING loop; ours reaches {ours / wakeups:.0%} of that"
+            )
         rep.lines.extend([line + ".", ""])
         what = f"concurrent {mode}: ours ÷ one-connection PING loop calls/s"
         rep.targets.append(Target.at_least(what, of_one, _CONC_GOAL, fmt_ratio(of_one)))

@@ -392,34 +392,32 @@ def test_threads_waiting_in_line_go_out_together_when_the_call_ahead_returns(url
 
 
 class Interrupting:
-    """Stands in for the ``threading`` module of the backend: the n-th request's wait raises KeyboardInterrupt.
+    """Stands in for the backend's `_Wakeup`: the n-th request's wait raises KeyboardInterrupt.
 
     ``when="at once"``: as the thread starts waiting in line; ``"on waking"``: once it is woken (with
     its outcome, or to send the next call), as a signal arriving just then would.
     """
 
     def __init__(self, victim: int, when: str) -> None:
+        from tokenbucket.backends._redis import _Wakeup
+
         self._made = 0
         self._victim, self._when = victim, when
         self.interrupted = threading.Event()
+        outer = self
 
-    def Event(self) -> threading.Event:  # (the name the backend calls)
-        self._made += 1
-        if self._made != self._victim:
-            return threading.Event()
-        outer, when = self, self._when
-
-        class Doomed(threading.Event):
-            def wait(self, timeout: float | None = None) -> bool:
+        class Doomed(_Wakeup):
+            def wait(self) -> None:
                 if when == "on waking":
-                    super().wait(timeout)
+                    super().wait()
                 outer.interrupted.set()
                 raise KeyboardInterrupt
 
-        return Doomed()
+        self._plain, self._doomed = _Wakeup, Doomed
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(threading, name)
+    def __call__(self) -> Any:
+        self._made += 1
+        return self._doomed() if self._made == self._victim else self._plain()
 
 
 @pytest.mark.realtime
@@ -437,7 +435,7 @@ def test_a_thread_interrupted_in_line_is_never_charged_and_never_stalls_the_othe
     import tokenbucket.backends._redis as backend_module
 
     interrupting = Interrupting(victim, when)
-    monkeypatch.setattr(backend_module, "threading", interrupting)
+    monkeypatch.setattr(backend_module, "_Wakeup", interrupting)
     client = redis.Redis.from_url(url)
     backend = RedisBackend(client, prefix=f"co-int{uuid.uuid4().hex}:")
     bucket = TokenBucket("interrupted", rate="1/hour", capacity=20, backend=backend)

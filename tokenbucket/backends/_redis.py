@@ -167,11 +167,34 @@ _Outcome = Ticket | BaseException
 """What a reserve that went out in a coalesced call comes to: its ticket, or the error to raise."""
 
 
+class _Wakeup:
+    """A waiting thread's turn: `wait` blocks until `wake` (a second `wake` does nothing).
+
+    A bare lock, held from the start, is the cheapest thing a thread can block on (an Event is
+    a Condition and a lock); `wake` is called under the backend's lines lock.
+    """
+
+    __slots__ = ("_lock", "_woken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._woken = False
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            self._lock.release()
+
+
 class _Request:
     """A reserve waiting in its bucket's line to go out with the next coalesced call.
 
     ``args`` are its ARGV (see ``lua/bucket_reserve.lua``: time, policy, cost,
-    max_wait, call id); ``ready`` is set (a `threading.Event`) or resolved (an
+    max_wait, call id); ``ready`` is woken (a `_Wakeup`) or resolved (an
     asyncio future) once its ``outcome`` is known, or, for threads, when it is
     to lead the next call (``batch``: the requests that call carries).
     """
@@ -900,7 +923,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
                 self._lines[line] = []
                 mine = None
             else:
-                mine = _Request(cost, args, threading.Event())
+                mine = _Request(cost, args, _Wakeup())
                 waiting.append(mine)
         if mine is None:
             try:
@@ -926,7 +949,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
             batch = self._take_batch(line)
             if batch is not None:
                 batch[0].batch = batch
-                batch[0].ready.set()
+                batch[0].ready.wake()
 
     def _send_batch(
         self, line: tuple[str, bytes, bytes], key: str, policy: Policy, now: float | None, batch: list[_Request]
@@ -955,9 +978,10 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
             for request in batch:
                 self._lose(_Lost(key, policy, request.args[-1], request.cost, now, sent))
             gone = BackendError(f"the call reserving on bucket {key!r} was interrupted before its reply came")
-            for request in batch:
-                request.outcome = gone
-                request.ready.set()
+            with self._lines_lock:
+                for request in batch:
+                    request.outcome = gone
+                    request.ready.wake()
             self._hand_on(line)
             raise
         self._hand_on(line)
@@ -967,7 +991,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
                 request.outcome = outcome
                 if request.abandoned:
                     abandoned.append(request)
-                request.ready.set()
+                request.ready.wake()
         for request in abandoned:
             self._abandon(key, policy, now, request, sent)
 
@@ -985,12 +1009,12 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
                 rest = [request for request in batch if request is not mine]
                 if rest:
                     rest[0].batch = rest
-                    rest[0].ready.set()
+                    rest[0].ready.wake()
                     return
                 batch = self._take_batch(line)
                 if batch is not None:
                     batch[0].batch = batch
-                    batch[0].ready.set()
+                    batch[0].ready.wake()
                 return
             mine.abandoned = True
             done = mine.outcome is not None
