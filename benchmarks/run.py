@@ -42,9 +42,16 @@ DESIGN_CHOICES: list[tuple[str, str, str]] = [
         'at the price of races its own docstring calls "mitigated but not completely eliminated".',
     ),
     (
+        "The bucket keeps its memory slot",
+        "A bucket on a `MemoryBackend` keeps its own slot of the backend and charges it under the backend's lock "
+        "with the backend's own arithmetic (`_Slot.take`, `_model.try_take`), without the call and dict lookup.",
+        "A slot says when it went stale (the idle sweep dropped it, another object of the name or a `reconfigure` "
+        "changed its policy, a reservation waits), and then the request takes the ordinary path, unchanged.",
+    ),
+    (
         "A fast path for plain requests",
-        "A plain request (a whole-number cost, no timeout, no `op` or `units`, one bandwidth, no listeners, a "
-        "store called directly) makes its one `reserve` call straight from the front end.",
+        "A plain request (a whole-number cost, no timeout, no `op` or `units`, one bandwidth, no listeners) makes "
+        "its one `reserve` call straight from the front end, awaited on an asyncio store.",
         "The general flow, which handles timeouts, lanes, cost models and events, would make exactly that call "
         "and decide nothing else, so skipping it saves its overhead without changing the result.",
     ),

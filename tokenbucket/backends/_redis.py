@@ -456,10 +456,6 @@ class _RedisCommon:
         admitted, seconds, _ = self._unanswered(exc, lost[0], deadline)
         return admitted, seconds, (None,) * len(parts) if admitted else ()
 
-    def _joins_line(self, max_wait: float | None) -> bool:
-        """Whether a reserve with ``max_wait`` is coalesced: when on, unless its reply wait is bounded."""
-        return self._coalesce and self._deadline(max_wait) is None
-
     def _take_batch(self, line: tuple[str, bytes, bytes]) -> list[_Request] | None:
         """The requests of ``line`` the next call carries (up to `BATCH_MAX`), or None when none waits.
 
@@ -560,6 +556,13 @@ class _RedisCommon:
 _AT_ONCE: Ticket = (True, 0.0, None)
 _AT_ONCE_REPLIES = (b"1 0 0", "1 0 0")
 _VOID_REPLIES = (b"void", "void")
+
+
+def _to_lead(batch: list[_Request] | None) -> None:
+    """Wake the first thread of ``batch`` to send the call for it (threads; under the lines lock)."""
+    if batch:
+        batch[0].batch = batch
+        batch[0].ready.wake()
 
 
 def _ticket(reply: Any) -> Ticket:
@@ -904,7 +907,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         """
         call = self._call_id()
         args = self._reserve_args(policy, cost, max_wait, now, call)
-        if self._joins_line(max_wait):
+        if self._coalesce and self._deadline(max_wait) is None:  # (a bounded reply wait goes out alone)
             return self._coalesced(key, policy, cost, args, now)
         return self._charge("reserve", key, policy, cost, args, call, now, max_wait)
 
@@ -917,10 +920,11 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
         waiting, which sends the call for the requests waiting then.
         """
         line = (key, args[1], args[0])
-        with self._lines_lock:
+        lock = self._lines_lock
+        with lock:
             waiting = self._lines.get(line)
             if waiting is None:
-                self._lines[line] = []
+                self._lines[line] = waiting = []
                 mine = None
             else:
                 mine = _Request(cost, args, _Wakeup())
@@ -929,7 +933,11 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
             try:
                 return self._charge("reserve", key, policy, cost, args, args[-1], now, None)
             finally:
-                self._hand_on(line)
+                with lock:  # (the line's list: empty unless requests came meanwhile)
+                    if waiting:
+                        _to_lead(self._take_batch(line))
+                    else:
+                        del self._lines[line]
         try:
             mine.ready.wait()
         except BaseException:
@@ -946,10 +954,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
     def _hand_on(self, line: tuple[str, bytes, bytes]) -> None:
         """Wake the first request waiting in ``line`` to send the next call, or close the line."""
         with self._lines_lock:
-            batch = self._take_batch(line)
-            if batch is not None:
-                batch[0].batch = batch
-                batch[0].ready.wake()
+            _to_lead(self._take_batch(line))
 
     def _send_batch(
         self, line: tuple[str, bytes, bytes], key: str, policy: Policy, now: float | None, batch: list[_Request]
@@ -1007,14 +1012,7 @@ class RedisBackend(RedisLeaseStore, RedisSlotStore, _RedisCommon):
             batch, mine.batch = mine.batch, None
             if batch is not None and mine.outcome is None:  # it was to send the next call: the next one sends it
                 rest = [request for request in batch if request is not mine]
-                if rest:
-                    rest[0].batch = rest
-                    rest[0].ready.wake()
-                    return
-                batch = self._take_batch(line)
-                if batch is not None:
-                    batch[0].batch = batch
-                    batch[0].ready.wake()
+                _to_lead(rest or self._take_batch(line))
                 return
             mine.abandoned = True
             done = mine.outcome is not None
@@ -1321,7 +1319,7 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         """See `RedisBackend.reserve`."""
         call = self._call_id()
         args = self._reserve_args(policy, cost, max_wait, now, call)
-        if self._joins_line(max_wait):
+        if self._coalesce and self._deadline(max_wait) is None:  # (a bounded reply wait goes out alone)
             return await self._coalesced(key, policy, cost, args, now)
         return await self._charge("reserve", key, policy, cost, args, call, now, max_wait)
 
@@ -1332,11 +1330,14 @@ class AsyncRedisBackend(AsyncRedisLeaseStore, AsyncRedisSlotStore, _RedisCommon)
         line = (key, args[1], args[0])
         waiting = self._lines.get(line)
         if waiting is None:
-            self._lines[line] = []
+            self._lines[line] = waiting = []
             try:
                 return await self._charge("reserve", key, policy, cost, args, args[-1], now, None)
             finally:
-                self._hand_on(line, key, policy, now)
+                if waiting:  # (the line's list: empty unless requests came meanwhile)
+                    self._hand_on(line, key, policy, now)
+                else:
+                    del self._lines[line]
         mine = _Request(cost, args, asyncio.get_running_loop().create_future())
         waiting.append(mine)
         try:
