@@ -87,7 +87,7 @@ class Sizes:
             conc_callers=64,
             conc_warmup=0.2,
             conc_window=0.5,
-            ledger_rate=2000.0,
+            ledger_rate=10000.0,
             ledger_capacity=20.0,
             ledger_seconds=2.0,
         )
