@@ -563,7 +563,8 @@ class _BucketBase(Listened):
         now: float = stamp()  # type: ignore[assignment]  # a float: _memory is set only when it is the clock
         lock.acquire()
         try:
-            if slot.policy is not policy or not slot.take(now, cost, policy):
+            # (the cost as a float: the same values, and CPython's float-only fast paths in try_take)
+            if slot.policy is not policy or not slot.take(now, cost + 0.0, policy):
                 return None
         finally:
             lock.release()
